@@ -1,0 +1,347 @@
+"""``AsyncClient`` and ``Client``: the facades. They know no wire format; they
+turn a call into a ``Call`` for the group named by the model string and hand
+it to the core."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
+from typing import Any, TypeVar
+
+from apimux.config import Endpoint, Settings, resolve
+from apimux.core.breaker import Breaker
+from apimux.core.clock import Clock, SystemClock
+from apimux.core.executor import CallOptions, CostFn, Executor
+from apimux.core.limits import TokenBucket
+from apimux.core.pool import KeyState, Lease, Pool, Server
+from apimux.core.scheduler import GroupScheduler
+from apimux.core.stats import Stats
+from apimux.errors import BadRequest, ConfigError
+from apimux.providers import registry
+from apimux.providers.base import Call, Provider
+from apimux.transport import AiohttpTransport, Timeouts, Transport
+from apimux.types import ChatChunk, ChatResponse, EmbedResponse, Message, ModelInfo, Priority
+
+T = TypeVar("T")
+
+
+def split_model(model: str) -> tuple[str, str]:
+    """``"openai/gpt-4o-mini"`` -> ``("openai", "gpt-4o-mini")``; only the first ``/`` splits."""
+    group, sep, name = model.partition("/")
+    if not sep or not group or not name:
+        raise BadRequest(f"model {model!r} must be 'backend/model' (for example 'openai/gpt-4o-mini')")
+    return group, name
+
+
+def check_messages(messages: Any) -> list[Message]:
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str):
+            raise BadRequest(f"messages[{i}] must be a dict with a string 'role', got {str(m)[:80]!r}")
+    return messages
+
+
+class Group:
+    """A model group: its scheduler, provider class and the backend's name."""
+
+    __slots__ = ("name", "backend", "provider_cls", "sched")
+
+    def __init__(self, name: str, backend: str, provider_cls: type[Provider], sched: GroupScheduler) -> None:
+        self.name = name
+        self.backend = backend
+        self.provider_cls = provider_cls
+        self.sched = sched
+
+
+class AsyncClient:
+    """One entry point to every backend, through one resilience core.
+
+    With no arguments it reads ``APIMUX_CONFIG`` / ``./apimux.toml`` /
+    ``~/.config/apimux/apimux.toml``, else each backend's standard
+    environment variables.
+    """
+
+    def __init__(
+        self,
+        endpoints: Iterable[Endpoint] | None = None,
+        *,
+        config: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+        settings: Settings | None = None,
+        clock: Clock | None = None,
+        transport: Transport | None = None,
+        env: Mapping[str, str] | None = None,
+        cost: CostFn | None = None,
+    ) -> None:
+        self.endpoints, self.settings = resolve(endpoints, config=config, settings=settings, env=env)
+        self.clock: Clock = clock or SystemClock()
+        self._transport: Transport = transport or AiohttpTransport()
+        self._own_transports: list[Transport] = []
+        self._stats = Stats()
+        self.executor = Executor(
+            self.clock, self.settings.retry, self._stats, send_request_id=self.settings.send_request_id, cost=cost
+        )
+        self._groups: dict[str, Group] = {}
+
+    # ---- groups -------------------------------------------------------------
+    def group(self, name: str) -> Group:
+        g = self._groups.get(name)
+        if g is None:
+            g = self._groups[name] = self._build_group(name)
+        return g
+
+    def _build_group(self, name: str) -> Group:
+        eps = [e for e in self.endpoints if e.name == name]
+        if not eps:
+            canon = registry.canonical(name)
+            eps = [e for e in self.endpoints if registry.canonical(e.backend) == canon and e.name == e.backend]
+        if not eps:
+            cls = registry.get(name)  # ConfigError for an unknown backend
+            if cls.needs_key:
+                hint = f"set {cls.env_keys[0]} or " if cls.env_keys else ""
+                raise ConfigError(f"no endpoint configured for {name!r}: {hint}pass Endpoint({cls.name!r}, ...)")
+            eps = [Endpoint(cls.name, name=name)]
+        cls = registry.get(eps[0].backend)
+        servers = [self._server(cls, e) for e in eps]
+        pool = Pool(servers, eps[0].key_strategy)
+        sched = GroupScheduler(name, pool, self.clock, self.settings.queue_size, self.settings.queue_aging)
+        return Group(name, cls.name, cls, sched)
+
+    def _server(self, cls: type[Provider], ep: Endpoint) -> Server:
+        if cls.needs_key and not ep.keys:
+            raise ConfigError(f"backend {ep.backend!r} at {ep.base_url or 'its default URL'} needs an API key")
+        provider = cls(ep)
+        transport = self._transport
+        factory = getattr(cls, "transport_factory", None)
+        if factory is not None:
+            transport = factory(ep)
+            self._own_transports.append(transport)
+        now = self.clock.now()
+        keys = [
+            KeyState(
+                k,
+                ep.label(k),
+                ep.max_concurrent,
+                rpm=TokenBucket(ep.rpm, now) if ep.rpm else None,
+                tpm=TokenBucket(ep.tpm, now, burst_seconds=10.0) if ep.tpm else None,
+            )
+            for k in (ep.keys or [None])
+        ]
+        server = Server(
+            ep.label(), ep, provider, transport,
+            Breaker(self.settings.breaker_threshold, self.settings.breaker_recovery), keys,
+        )
+        server.extra["timeouts"] = Timeouts(ep.timeout, ep.connect_timeout, ep.read_timeout)
+        return server
+
+    # ---- calls --------------------------------------------------------------
+    def _opts(
+        self, priority: Priority | str | int | None, wait: bool, queue_timeout: float | None,
+        max_retries: int | None,
+    ) -> CallOptions:
+        return CallOptions(
+            Priority.parse(priority), wait,
+            queue_timeout if queue_timeout is not None else self.settings.queue_timeout, max_retries,
+        )
+
+    def _call(self, op: str, model: str, params: dict[str, Any], stream: bool = False) -> tuple[Group, Call]:
+        name, model_name = split_model(model)
+        g = self.group(name)
+        if not g.provider_cls.supports(op, stream):
+            what = f"streaming {op}" if stream else op
+            raise BadRequest(f"backend {g.backend!r} does not support {what}", backend=g.backend, model=model_name)
+        return g, Call(op, model_name, params, str(uuid.uuid4()), stream)
+
+    async def call(
+        self, op: str, model: str, params: dict[str, Any], *,
+        priority: Priority | str | int | None = None, wait: bool = True,
+        queue_timeout: float | None = None, max_retries: int | None = None,
+    ) -> Any:
+        """Any operation a backend supports (``chat``, ``embed``, ``models``, ...)."""
+        g, call = self._call(op, model, params)
+        provider = g.sched.pool.servers[0].provider
+        tokens = provider.estimate_tokens(call)
+        opts = self._opts(priority, wait, queue_timeout, max_retries)
+        return await self.executor.run(g.sched, call, g.backend, opts, tokens=tokens)
+
+    async def run_attempt(
+        self, model: str, op: str, attempt: Callable[[Lease], Awaitable[T]], *,
+        priority: Priority | str | int | None = None, tokens: int = 1,
+    ) -> T:
+        """Run a non-HTTP attempt (storage, in-process work) under the same core."""
+        name, model_name = split_model(model)
+        g = self.group(name)
+        call = Call(op, model_name, {}, str(uuid.uuid4()))
+        result: T = await self.executor.run(
+            g.sched, call, g.backend, self._opts(priority, True, None, None), attempt=attempt, tokens=tokens
+        )
+        return result
+
+    async def chat(
+        self, model: str, messages: list[Message], *,
+        priority: Priority | str | int | None = None, wait: bool = True,
+        queue_timeout: float | None = None, max_retries: int | None = None, **params: Any,
+    ) -> ChatResponse:
+        params["messages"] = check_messages(messages)
+        result: ChatResponse = await self.call(
+            "chat", model, params, priority=priority, wait=wait, queue_timeout=queue_timeout, max_retries=max_retries
+        )
+        return result
+
+    async def chat_stream(
+        self, model: str, messages: list[Message], *,
+        priority: Priority | str | int | None = None, wait: bool = True,
+        queue_timeout: float | None = None, max_retries: int | None = None, **params: Any,
+    ) -> AsyncIterator[ChatChunk]:
+        params["messages"] = check_messages(messages)
+        g, call = self._call("chat", model, params, stream=True)
+        tokens = g.sched.pool.servers[0].provider.estimate_tokens(call)
+        opts = self._opts(priority, wait, queue_timeout, max_retries)
+        async for chunk in self.executor.stream(g.sched, call, g.backend, opts, tokens=tokens):
+            yield chunk
+
+    async def embed(
+        self, model: str, inputs: str | list[str], *,
+        priority: Priority | str | int | None = None, wait: bool = True,
+        queue_timeout: float | None = None, max_retries: int | None = None, **params: Any,
+    ) -> EmbedResponse:
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not all(isinstance(x, str) for x in inputs):
+            raise BadRequest("embed inputs must be a string or a list of strings")
+        params["input"] = inputs
+        result: EmbedResponse = await self.call(
+            "embed", model, params, priority=priority, wait=wait, queue_timeout=queue_timeout, max_retries=max_retries
+        )
+        return result
+
+    async def models(self, backend: str) -> list[ModelInfo]:
+        result: list[ModelInfo] = await self.call("models", f"{backend}/-", {})
+        return result
+
+    # ---- stats and lifecycle -------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        """A JSON-serializable snapshot: counters, latencies, queues, breakers."""
+        snap = self._stats.snapshot()
+        now = self.clock.now()
+        snap["groups"] = {
+            name: {
+                "backend": g.backend,
+                "queue_depth": g.sched.depth(),
+                "queue_by_priority": g.sched.queue.depth_by_level(),
+                "rate_limit_waits": g.sched.rate_limit_waits,
+                "servers": [
+                    {
+                        "server": s.name,
+                        "breaker": s.breaker.current(now).value,
+                        "breaker_trips": s.breaker.trips,
+                        "keys": [
+                            {
+                                "key": k.label,
+                                "in_flight": k.in_flight,
+                                "sent": k.sent,
+                                "cooling_down_s": round(max(0.0, k.cooldown_until - now), 3),
+                            }
+                            for k in s.keys
+                        ],
+                    }
+                    for s in g.sched.pool.servers
+                ],
+            }
+            for name, g in self._groups.items()
+        }
+        return snap
+
+    def reset_stats(self) -> None:
+        self._stats.reset()
+
+    async def close(self) -> None:
+        for g in self._groups.values():
+            g.sched.close()
+        for t in [self._transport, *self._own_transports]:
+            await t.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class Client:
+    """The synchronous facade, safe from many threads at once.
+
+    Every thread's calls run on one event loop in a background thread, so
+    they share one scheduler and limits hold across threads.
+    """
+
+    def __init__(self, endpoints: Iterable[Endpoint] | None = None, **kwargs: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="apimux-loop", daemon=True)
+        self._thread.start()
+        self._closed = False
+
+        async def make() -> AsyncClient:
+            return AsyncClient(endpoints, **kwargs)
+
+        self.aio: AsyncClient = self._run(make())
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._closed:
+            coro.close()
+            raise RuntimeError("this Client is closed")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def chat(self, model: str, messages: list[Message], **kwargs: Any) -> ChatResponse:
+        return self._run(self.aio.chat(model, messages, **kwargs))
+
+    def chat_stream(self, model: str, messages: list[Message], **kwargs: Any) -> Iterator[ChatChunk]:
+        agen = self.aio.chat_stream(model, messages, **kwargs)
+        try:
+            while True:
+                try:
+                    yield self._run(agen.__anext__())
+                except StopAsyncIteration:
+                    return
+        finally:
+            if not self._closed:
+                self._run(agen.aclose())
+
+    def embed(self, model: str, inputs: str | list[str], **kwargs: Any) -> EmbedResponse:
+        return self._run(self.aio.embed(model, inputs, **kwargs))
+
+    def call(self, op: str, model: str, params: dict[str, Any], **kwargs: Any) -> Any:
+        return self._run(self.aio.call(op, model, params, **kwargs))
+
+    def models(self, backend: str) -> list[ModelInfo]:
+        return self._run(self.aio.models(backend))
+
+    def stats(self) -> dict[str, Any]:
+        async def snap() -> dict[str, Any]:
+            return self.aio.stats()
+
+        return self._run(snap())
+
+    def reset_stats(self) -> None:
+        async def reset() -> None:
+            self.aio.reset_stats()
+
+        self._run(reset())
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._run(self.aio.close())
+        self._closed = True
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

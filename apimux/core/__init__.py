@@ -1,0 +1,1 @@
+"""The one resilience core: knows no provider by name."""

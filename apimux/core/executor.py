@@ -1,0 +1,253 @@
+"""The retry loop, once for every backend: lease -> attempt -> outcome -> policy.
+
+An *attempt* is any coroutine run under a lease; for HTTP backends it is
+build -> transport -> parse, and a storage backend passes its own. The
+outcome updates the breaker, the key's health and the stats, then the pure
+retry policy decides what happens next.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from apimux.core.clock import Clock
+from apimux.core.pool import Lease, Pool
+from apimux.core.retry import RetrySettings, decide, is_upstream_failure
+from apimux.core.scheduler import GroupScheduler
+from apimux.core.stats import Series, Stats
+from apimux.errors import ApimuxError, StreamInterrupted
+from apimux.transport import HttpResponse
+from apimux.types import CallInfo, ChatChunk, Priority, Usage
+
+Attempt = Callable[[Lease], Awaitable[Any]]
+CostFn = Callable[[str, str, Usage], "float | None"]
+
+
+@dataclass(slots=True)
+class CallOptions:
+    priority: Priority = Priority.NORMAL
+    wait: bool = True  # wait for queue space (False: QueueFull at once)
+    queue_timeout: float | None = None
+    max_retries: int | None = None
+
+
+class Executor:
+    def __init__(
+        self,
+        clock: Clock,
+        retry: RetrySettings,
+        stats: Stats,
+        *,
+        send_request_id: bool = True,
+        cost: CostFn | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.clock = clock
+        self.retry = retry
+        self.stats = stats
+        self.send_request_id = send_request_id
+        self.cost = cost
+        self.rand = rand
+
+    # ---- the HTTP attempt --------------------------------------------------
+    async def http_attempt(self, lease: Lease, call: Any) -> Any:
+        server = lease.server
+        provider = server.provider
+        req = provider.request(call, lease.key.key)
+        if self.send_request_id and provider.sends_request_id:
+            req.headers["x-request-id"] = call.request_id
+        resp = await server.transport.send(req, server.extra["timeouts"])
+        resp.wall = self.clock.wall()
+        hint = provider.rate_hint(resp.headers)
+        if hint is not None:
+            Pool.learn(lease, hint, self.clock.now())
+        if resp.status >= 400:
+            raise provider.error(call, resp)
+        return provider.response(call, resp)
+
+    # ---- unary calls -------------------------------------------------------
+    async def run(
+        self,
+        sched: GroupScheduler,
+        call: Any,
+        backend: str,
+        opts: CallOptions,
+        attempt: Attempt | None = None,
+        tokens: int = 1,
+    ) -> Any:
+        info = CallInfo(request_id=call.request_id, backend=backend)
+        start = self.clock.now()
+        tries = 0
+        avoid = None
+        while True:
+            lease = await self._acquire(sched, call, backend, opts, tokens, tries, avoid)
+            series = self._begin(lease, backend, call.model, tries, info)
+            if tries == 0:
+                info.queue_wait = self.clock.now() - start
+                series.queue_wait.append(info.queue_wait)
+            sent = self.clock.now()
+            try:
+                result = await (attempt(lease) if attempt else self.http_attempt(lease, call))
+            except ApimuxError as err:
+                delay = self._failed(sched, lease, series, err, call, backend, tries, opts)
+                if delay is None:
+                    raise
+                tries += 1
+                avoid = lease.server if is_upstream_failure(err) else None
+                if delay > 0:
+                    await self.clock.sleep(delay)
+                continue
+            except BaseException:
+                self._neutral(sched, lease)
+                raise
+            usage = getattr(result, "usage", None)
+            self._succeeded(sched, lease, series, usage, sent, backend, call.model)
+            info.latency = self.clock.now() - start
+            if hasattr(result, "info"):
+                result.info = info
+            return result
+
+    # ---- streams -----------------------------------------------------------
+    async def stream(
+        self, sched: GroupScheduler, call: Any, backend: str, opts: CallOptions, tokens: int = 1
+    ) -> AsyncIterator[ChatChunk]:
+        """Retries only before the first chunk reaches the caller; after that a
+        failure is ``StreamInterrupted`` (the caller already holds partial text)."""
+        info = CallInfo(request_id=call.request_id, backend=backend)
+        start = self.clock.now()
+        tries = 0
+        avoid = None
+        while True:
+            lease = await self._acquire(sched, call, backend, opts, tokens, tries, avoid)
+            series = self._begin(lease, backend, call.model, tries, info)
+            if tries == 0:
+                info.queue_wait = self.clock.now() - start
+                series.queue_wait.append(info.queue_wait)
+            sent = self.clock.now()
+            delivered = False
+            usage: Usage | None = None
+            try:
+                async for chunk in self._stream_attempt(lease, call):
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                    chunk.request_id = call.request_id
+                    delivered = True
+                    yield chunk
+            except ApimuxError as err:
+                if delivered:
+                    self._failed(sched, lease, series, err, call, backend, self.retry.max_retries, opts)
+                    raise StreamInterrupted(
+                        f"stream failed after data was delivered: {err.message}",
+                        backend=backend, endpoint=lease.key.label, model=call.model,
+                        request_id=call.request_id, status=err.status,
+                    ) from err
+                delay = self._failed(sched, lease, series, err, call, backend, tries, opts)
+                if delay is None:
+                    raise
+                tries += 1
+                avoid = lease.server if is_upstream_failure(err) else None
+                if delay > 0:
+                    await self.clock.sleep(delay)
+                continue
+            except BaseException:
+                # The caller stopped reading or was cancelled: no verdict on the server.
+                self._neutral(sched, lease)
+                raise
+            self._succeeded(sched, lease, series, usage, sent, backend, call.model)
+            info.latency = self.clock.now() - start
+            return
+
+    async def _stream_attempt(self, lease: Lease, call: Any) -> AsyncIterator[ChatChunk]:
+        server = lease.server
+        provider = server.provider
+        req = provider.request(call, lease.key.key)
+        if self.send_request_id and provider.sends_request_id:
+            req.headers["x-request-id"] = call.request_id
+        async with server.transport.stream(req, server.extra["timeouts"]) as resp:
+            hint = provider.rate_hint(resp.headers)
+            if hint is not None:
+                Pool.learn(lease, hint, self.clock.now())
+            if resp.status >= 400:
+                body = await resp.read()
+                raise provider.error(call, HttpResponse(resp.status, resp.headers, body, self.clock.wall()))
+            parser = provider.stream_parser(call)
+            async for raw in resp.chunks():
+                for chunk in parser.feed(raw):
+                    yield chunk
+            for chunk in parser.close():
+                yield chunk
+
+    # ---- bookkeeping -------------------------------------------------------
+    async def _acquire(
+        self, sched: GroupScheduler, call: Any, backend: str, opts: CallOptions,
+        tokens: int, tries: int, avoid: Any,
+    ) -> Lease:
+        try:
+            return await sched.acquire(
+                opts.priority, tokens, avoid=avoid, retry=tries > 0, wait=opts.wait, timeout=opts.queue_timeout
+            )
+        except ApimuxError as err:
+            self.stats.series(backend, "-", call.model).rejected[err.kind] += 1
+            raise err.with_context(backend=backend, model=call.model, request_id=call.request_id)
+
+    def _begin(self, lease: Lease, backend: str, model: str, tries: int, info: CallInfo) -> Series:
+        series = self.stats.series(backend, lease.key.label, model)
+        series.requests += 1
+        if tries:
+            series.retries += 1
+        info.attempts = tries + 1
+        info.endpoint = lease.key.label
+        return series
+
+    def _failed(
+        self, sched: GroupScheduler, lease: Lease, series: Series, err: ApimuxError,
+        call: Any, backend: str, tries: int, opts: CallOptions,
+    ) -> float | None:
+        """Record a failed attempt; the delay before retrying, or None to give up."""
+        now = self.clock.now()
+        err.with_context(backend=backend, endpoint=lease.key.label, model=call.model, request_id=call.request_id)
+        series.failures[err.kind] += 1
+        breaker = lease.server.breaker
+        if is_upstream_failure(err):
+            breaker.on_failure(now)
+        else:
+            breaker.on_neutral()
+        retry = self.retry
+        if opts.max_retries is not None:
+            retry = RetrySettings(**{**_fields(retry), "max_retries": opts.max_retries})
+        decision = decide(err, tries, retry, self.rand())
+        if decision.key_cooldown is not None:
+            lease.key.cool_down(now + decision.key_cooldown)
+            series.rate_limit_waits += 1
+        sched.release(lease)
+        return decision.delay if decision.retry else None
+
+    def _succeeded(
+        self, sched: GroupScheduler, lease: Lease, series: Series, usage: Usage | None,
+        sent: float, backend: str, model: str,
+    ) -> None:
+        lease.server.breaker.on_success()
+        Pool.on_success(lease, usage.total_tokens if usage else None)
+        series.successes += 1
+        series.latency.append(self.clock.now() - sent)
+        if usage is not None:
+            series.prompt_tokens += usage.prompt_tokens
+            series.completion_tokens += usage.completion_tokens
+            if self.cost is not None:
+                c = self.cost(backend, model, usage)
+                if c is None:
+                    series.cost_unknown += 1
+                else:
+                    series.cost += c
+        sched.release(lease)
+
+    def _neutral(self, sched: GroupScheduler, lease: Lease) -> None:
+        lease.server.breaker.on_neutral()
+        sched.release(lease)
+
+
+def _fields(s: RetrySettings) -> dict[str, Any]:
+    return {f: getattr(s, f) for f in s.__slots__}

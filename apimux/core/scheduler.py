@@ -1,0 +1,173 @@
+"""The one scheduler: a bounded priority queue in front of a pool of slots.
+
+Callers wait in the queue until the pool can give them a lease (a server and
+key with a free slot, budget and a breaker that lets traffic through). All of
+this runs on one event loop, so there are no locks and limits hold across
+every thread that feeds the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+
+from apimux.core.clock import Clock
+from apimux.core.pool import Blocked, Lease, Pool, Server
+from apimux.core.queue import LevelQueue
+from apimux.errors import CircuitOpen, QueueFull
+from apimux.types import Priority
+
+
+@dataclass(eq=False, slots=True)
+class Ticket:
+    """One caller's place in the queue."""
+
+    priority: Priority
+    tokens: int
+    avoid: Server | None
+    future: asyncio.Future[Lease]
+    enqueued: float = 0.0
+    counted: bool = True  # holds one of the queue's places (retries re-enter without one)
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+class GroupScheduler:
+    """Queue and pool for one model group (endpoints sharing a name)."""
+
+    def __init__(self, name: str, pool: Pool, clock: Clock, capacity: int, aging: float) -> None:
+        self.name = name
+        self.pool = pool
+        self.clock = clock
+        self.queue: LevelQueue[Ticket] = LevelQueue(capacity, aging, clock.now)
+        self._space: deque[asyncio.Future[None]] = deque()
+        self._held = 0  # queue places taken by tickets not yet granted
+        self._timer: asyncio.Task[None] | None = None
+        self._timer_at = 0.0
+        self.rate_limit_waits = 0
+
+    # ---- queue places -------------------------------------------------
+    async def _wait_for_place(self, wait: bool, timeout: float | None) -> None:
+        if self._held < self.queue.capacity and not self._space:
+            self._held += 1
+            return
+        if not wait:
+            raise QueueFull(f"queue for {self.name!r} is full ({self.queue.capacity} waiting)")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._space.append(fut)
+        try:
+            if timeout is None:
+                await fut
+            else:
+                await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except (asyncio.CancelledError, TimeoutError):
+            if fut.done() and not fut.cancelled():
+                self._free_place()  # we were handed a place just as we gave up
+            else:
+                fut.cancel()
+            try:
+                self._space.remove(fut)
+            except ValueError:
+                pass
+            raise QueueFull(
+                f"queue for {self.name!r} stayed full for {timeout}s ({self.queue.capacity} waiting)"
+            ) from None
+
+    def _free_place(self) -> None:
+        self._held -= 1
+        while self._space:
+            fut = self._space.popleft()
+            if not fut.done():
+                self._held += 1
+                fut.set_result(None)
+                return
+
+    # ---- leases -------------------------------------------------------
+    async def acquire(
+        self,
+        priority: Priority,
+        tokens: int,
+        *,
+        avoid: Server | None = None,
+        retry: bool = False,
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> Lease:
+        """Wait for a lease. A retry re-enters at the front of its level
+        without taking a new queue place (it already waited once)."""
+        if not retry:
+            await self._wait_for_place(wait, timeout)
+        loop = asyncio.get_running_loop()
+        ticket = Ticket(priority, tokens, avoid, loop.create_future(), self.clock.now(), counted=not retry)
+        self.queue.push(ticket, priority, front=retry)
+        self._pump()
+        try:
+            return await ticket.future
+        except asyncio.CancelledError:
+            if self.queue.remove(ticket):
+                self._left_queue(ticket)
+            elif ticket.future.done() and not ticket.future.cancelled() and ticket.future.exception() is None:
+                self.release(ticket.future.result())  # granted as we were cancelled
+            raise
+
+    def _left_queue(self, ticket: Ticket) -> None:
+        if ticket.counted:
+            self._free_place()
+
+    def release(self, lease: Lease) -> None:
+        self.pool.release(lease)
+        self._pump()
+
+    def _pump(self) -> None:
+        """Hand out leases to queued tickets, best first, while the pool has them."""
+        now = self.clock.now()
+        while len(self.queue):
+            ticket = self.queue.peek()
+            assert ticket is not None
+            got = self.pool.acquire(now, ticket.tokens, ticket.avoid)
+            if isinstance(got, Blocked):
+                if got.circuit_open:
+                    self._reject_all_open(got)
+                    if not len(self.queue):
+                        return
+                    if got.until is not None:
+                        self._wake_at(got.until)
+                    return
+                if got.until is not None:
+                    self.rate_limit_waits += 1
+                    self._wake_at(got.until)
+                return
+            self.queue.pop()
+            self._left_queue(ticket)
+            ticket.future.set_result(got)
+
+    def _reject_all_open(self, blocked: Blocked) -> None:
+        # Every server's breaker is open: fail fast rather than queue behind it.
+        while len(self.queue):
+            ticket = self.queue.pop()
+            self._left_queue(ticket)
+            if not ticket.future.done():
+                ticket.future.set_exception(
+                    CircuitOpen(f"every server for {self.name!r} has an open circuit breaker")
+                )
+
+    def _wake_at(self, when: float) -> None:
+        if self._timer is not None and not self._timer.done() and self._timer_at <= when:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = asyncio.get_running_loop().create_task(self._sleep_then_pump(when))
+
+    async def _sleep_then_pump(self, when: float) -> None:
+        await self.clock.sleep(max(0.0, when - self.clock.now()))
+        self._timer = None
+        self._pump()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def depth(self) -> int:
+        return len(self.queue)
