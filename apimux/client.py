@@ -8,7 +8,7 @@ import asyncio
 import os
 import threading
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from apimux.config import Endpoint, Settings, resolve
@@ -23,7 +23,16 @@ from apimux.errors import BadRequest, ConfigError
 from apimux.providers import registry
 from apimux.providers.base import Call, Provider
 from apimux.transport import AiohttpTransport, Timeouts, Transport
-from apimux.types import ChatChunk, ChatResponse, EmbedResponse, Message, ModelInfo, Priority
+from apimux.types import (
+    ChatChunk,
+    ChatResponse,
+    EmbedResponse,
+    InferResponse,
+    Message,
+    ModelInfo,
+    Priority,
+    RerankResponse,
+)
 
 T = TypeVar("T")
 
@@ -45,10 +54,19 @@ def check_messages(messages: Any) -> list[Message]:
     return messages
 
 
+def with_system(messages: list[Message], system: str | None) -> list[Message]:
+    """``system=`` is sugar for a leading system message; providers see only messages."""
+    if system is None:
+        return messages
+    if not isinstance(system, str):
+        raise BadRequest("system must be a string")
+    return [{"role": "system", "content": system}, *messages]
+
+
 class Group:
     """A model group: its scheduler, provider class and the backend's name."""
 
-    __slots__ = ("name", "backend", "provider_cls", "sched")
+    __slots__ = ("backend", "name", "provider_cls", "sched")
 
     def __init__(self, name: str, backend: str, provider_cls: type[Provider], sched: GroupScheduler) -> None:
         self.name = name
@@ -128,7 +146,7 @@ class AsyncClient:
                 rpm=TokenBucket(ep.rpm, now) if ep.rpm else None,
                 tpm=TokenBucket(ep.tpm, now, burst_seconds=10.0) if ep.tpm else None,
             )
-            for k in (ep.keys or [None])
+            for k in (ep.keys or [None])  # type: ignore[list-item]
         ]
         server = Server(
             ep.label(), ep, provider, transport,
@@ -185,7 +203,7 @@ class AsyncClient:
         priority: Priority | str | int | None = None, wait: bool = True,
         queue_timeout: float | None = None, max_retries: int | None = None, **params: Any,
     ) -> ChatResponse:
-        params["messages"] = check_messages(messages)
+        params["messages"] = with_system(check_messages(messages), params.pop("system", None))
         result: ChatResponse = await self.call(
             "chat", model, params, priority=priority, wait=wait, queue_timeout=queue_timeout, max_retries=max_retries
         )
@@ -196,7 +214,7 @@ class AsyncClient:
         priority: Priority | str | int | None = None, wait: bool = True,
         queue_timeout: float | None = None, max_retries: int | None = None, **params: Any,
     ) -> AsyncIterator[ChatChunk]:
-        params["messages"] = check_messages(messages)
+        params["messages"] = with_system(check_messages(messages), params.pop("system", None))
         g, call = self._call("chat", model, params, stream=True)
         tokens = g.sched.pool.servers[0].provider.estimate_tokens(call)
         opts = self._opts(priority, wait, queue_timeout, max_retries)
@@ -217,6 +235,30 @@ class AsyncClient:
             "embed", model, params, priority=priority, wait=wait, queue_timeout=queue_timeout, max_retries=max_retries
         )
         return result
+
+    async def rerank(
+        self, model: str, query: str, texts: list[str], *,
+        priority: Priority | str | int | None = None, **params: Any,
+    ) -> RerankResponse:
+        if not isinstance(query, str) or not isinstance(texts, list) or not texts:
+            raise BadRequest("rerank needs a query string and a non-empty list of texts")
+        params.update(query=query, texts=texts)
+        result: RerankResponse = await self.call("rerank", model, params, priority=priority)
+        return result
+
+    async def infer(
+        self, model: str, inputs: Any, *, priority: Priority | str | int | None = None, **params: Any
+    ) -> InferResponse:
+        """Tensor/model-server inference; ``inputs`` is backend-specific (e.g. name -> numpy array)."""
+        params["inputs"] = inputs
+        result: InferResponse = await self.call("infer", model, params, priority=priority)
+        return result
+
+    def storage(self, name: str = "s3") -> Any:
+        """An object store whose endpoints share this client's core (see ``apimux.storage``)."""
+        from apimux.storage import open_storage
+
+        return open_storage(self, name)
 
     async def models(self, backend: str) -> list[ModelInfo]:
         result: list[ModelInfo] = await self.call("models", f"{backend}/-", {})
@@ -300,10 +342,11 @@ class Client:
 
     def chat_stream(self, model: str, messages: list[Message], **kwargs: Any) -> Iterator[ChatChunk]:
         agen = self.aio.chat_stream(model, messages, **kwargs)
+        assert isinstance(agen, AsyncGenerator)
         try:
             while True:
                 try:
-                    yield self._run(agen.__anext__())
+                    yield self._run(_next(agen))
                 except StopAsyncIteration:
                     return
         finally:
@@ -318,6 +361,12 @@ class Client:
 
     def models(self, backend: str) -> list[ModelInfo]:
         return self._run(self.aio.models(backend))
+
+    def rerank(self, model: str, query: str, texts: list[str], **kwargs: Any) -> RerankResponse:
+        return self._run(self.aio.rerank(model, query, texts, **kwargs))
+
+    def infer(self, model: str, inputs: Any, **kwargs: Any) -> InferResponse:
+        return self._run(self.aio.infer(model, inputs, **kwargs))
 
     def stats(self) -> dict[str, Any]:
         async def snap() -> dict[str, Any]:
@@ -345,3 +394,7 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+async def _next(agen: AsyncGenerator[T, None]) -> T:
+    return await agen.__anext__()

@@ -67,7 +67,7 @@ class Transport(Protocol):
 
 
 class _AiohttpStream:
-    __slots__ = ("_resp", "status", "headers")
+    __slots__ = ("_resp", "headers", "status")
 
     def __init__(self, resp: aiohttp.ClientResponse) -> None:
         self._resp = resp

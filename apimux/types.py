@@ -147,3 +147,17 @@ class ModelInfo:
     id: str
     owned_by: str | None = None
     raw: Any = None
+
+
+class InferResponse(dict[str, Any]):
+    """Output name -> value (numpy arrays for tensor servers), plus call info."""
+
+    def __init__(self, outputs: dict[str, Any] | None = None, model: str = "", raw: Any = None) -> None:
+        super().__init__(outputs or {})
+        self.model = model
+        self.raw = raw
+        self.info = CallInfo()
+
+    @property
+    def request_id(self) -> str:
+        return self.info.request_id

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 
-class BreakerState(str, Enum):
+class BreakerState(StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
@@ -14,7 +14,7 @@ class BreakerState(str, Enum):
 class Breaker:
     """Counts consecutive upstream failures; callers pass the time in."""
 
-    __slots__ = ("threshold", "recovery", "state", "failures", "opened_at", "probing", "trips")
+    __slots__ = ("failures", "opened_at", "probing", "recovery", "state", "threshold", "trips")
 
     def __init__(self, threshold: int = 5, recovery: float = 30.0) -> None:
         self.threshold = threshold

@@ -191,7 +191,7 @@ class Executor:
             )
         except ApimuxError as err:
             self.stats.series(backend, "-", call.model).rejected[err.kind] += 1
-            raise err.with_context(backend=backend, model=call.model, request_id=call.request_id)
+            raise err.with_context(backend=backend, model=call.model, request_id=call.request_id) from None
 
     def _begin(self, lease: Lease, backend: str, model: str, tries: int, info: CallInfo) -> Series:
         series = self.stats.series(backend, lease.key.label, model)

@@ -12,7 +12,7 @@ class TokenBucket:
     requests.
     """
 
-    __slots__ = ("rate", "capacity", "level", "_stamp")
+    __slots__ = ("_stamp", "capacity", "level", "rate")
 
     def __init__(self, per_minute: float, now: float, burst_seconds: float = 1.0) -> None:
         if per_minute <= 0:

@@ -80,7 +80,7 @@ class Lease:
 class Blocked:
     """No lease now; ``until`` is when to look again (None: when a slot frees)."""
 
-    __slots__ = ("until", "circuit_open")
+    __slots__ = ("circuit_open", "until")
 
     def __init__(self, until: float | None, circuit_open: bool = False) -> None:
         self.until = until

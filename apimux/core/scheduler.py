@@ -9,6 +9,7 @@ every thread that feeds the loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -66,10 +67,8 @@ class GroupScheduler:
                 self._free_place()  # we were handed a place just as we gave up
             else:
                 fut.cancel()
-            try:
+            with contextlib.suppress(ValueError):
                 self._space.remove(fut)
-            except ValueError:
-                pass
             raise QueueFull(
                 f"queue for {self.name!r} stayed full for {timeout}s ({self.queue.capacity} waiting)"
             ) from None

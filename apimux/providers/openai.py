@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -43,7 +43,7 @@ class OpenAIProvider(Provider):
     env_keys = ("OPENAI_API_KEY",)
     env_base_url = ("OPENAI_BASE_URL",)
     default_base_url = "https://api.openai.com/v1"
-    batch_limits = {"embed": 2048}
+    batch_limits: ClassVar[dict[str, int]] = {"embed": 2048}
     # Where a stream's final usage lives, if not in the top-level "usage".
     stream_usage_path: tuple[str, ...] = ()
 
@@ -109,9 +109,9 @@ class OpenAIProvider(Provider):
         err = super().error(call, resp)
         body = safe_json(resp.body)
         # OpenAI sends 429 "insufficient_quota" that no wait can fix.
-        if isinstance(body, dict) and isinstance(body.get("error"), dict):
-            if body["error"].get("code") == "insufficient_quota":
-                err.retryable = False
+        error = body.get("error") if isinstance(body, dict) else None
+        if isinstance(error, dict) and error.get("code") == "insufficient_quota":
+            err.retryable = False
         return err
 
     def rate_hint(self, headers: Mapping[str, str]) -> RateHint | None:

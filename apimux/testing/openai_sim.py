@@ -65,9 +65,10 @@ class OpenAISim(SimServer):
         return self.url + self.prefix
 
     def error_response(self, status: int, message: str, fault: Fault | None) -> web.Response:
+        kind = fault.error_type if fault and fault.error_type else _ERROR_TYPES.get(status, "server_error")
         err = {
             "message": message,
-            "type": (fault.error_type if fault and fault.error_type else None) or _ERROR_TYPES.get(status, "server_error"),
+            "type": kind,
             "param": None,
             "code": None,
         }

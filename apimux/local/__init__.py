@@ -1,0 +1,1 @@
+"""Local, offline models that run in-process (no network, no torch)."""
