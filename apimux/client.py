@@ -215,7 +215,36 @@ class AsyncClient:
         queue_timeout: float | None = None, max_retries: int | None = None, **params: Any,
     ) -> AsyncIterator[ChatChunk]:
         params["messages"] = with_system(check_messages(messages), params.pop("system", None))
-        g, call = self._call("chat", model, params, stream=True)
+        stream = self.call_stream(
+            "chat", model, params, priority=priority, wait=wait, queue_timeout=queue_timeout, max_retries=max_retries
+        )
+        async for chunk in stream:
+            yield chunk
+
+    async def generate(
+        self, model: str, prompt: str, *, priority: Priority | str | int | None = None, **params: Any
+    ) -> ChatResponse:
+        """Raw text completion (Ollama ``/api/generate``, TGI ``/generate``)."""
+        if not isinstance(prompt, str):
+            raise BadRequest("prompt must be a string")
+        params["prompt"] = prompt
+        result: ChatResponse = await self.call("generate", model, params, priority=priority)
+        return result
+
+    async def generate_stream(
+        self, model: str, prompt: str, *, priority: Priority | str | int | None = None, **params: Any
+    ) -> AsyncIterator[ChatChunk]:
+        params["prompt"] = prompt
+        async for chunk in self.call_stream("generate", model, params, priority=priority):
+            yield chunk
+
+    async def call_stream(
+        self, op: str, model: str, params: dict[str, Any], *,
+        priority: Priority | str | int | None = None, wait: bool = True,
+        queue_timeout: float | None = None, max_retries: int | None = None,
+    ) -> AsyncIterator[ChatChunk]:
+        """Any streaming operation a backend supports."""
+        g, call = self._call(op, model, params, stream=True)
         tokens = g.sched.pool.servers[0].provider.estimate_tokens(call)
         opts = self._opts(priority, wait, queue_timeout, max_retries)
         async for chunk in self.executor.stream(g.sched, call, g.backend, opts, tokens=tokens):

@@ -192,6 +192,10 @@ def endpoints_from_env(env: Mapping[str, str] | None = None) -> list[Endpoint]:
     env = os.environ if env is None else env
     out = []
     for cls in registry.all_providers():
+        discover = getattr(cls, "discover", None)
+        if discover is not None:  # backends whose credentials are not one key (S3)
+            out.extend(discover(env))
+            continue
         keys = _env_keys(cls.env_keys, env)
         base_url = next((env[v] for v in cls.env_base_url if env.get(v)), None)
         if keys or (base_url and not cls.needs_key):

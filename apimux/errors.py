@@ -35,6 +35,7 @@ class ApimuxError(Exception):
         self.status = status
         self.retry_after = retry_after
         self.body = body
+        self.attempts: int | None = None  # set by the core: attempts made before giving up
 
     @property
     def kind(self) -> str:
@@ -65,6 +66,7 @@ class ApimuxError(Exception):
             "request_id": self.request_id,
             "status": self.status,
             "retry_after": self.retry_after,
+            "attempts": self.attempts,
         }
 
     def with_context(self, **ctx: Any) -> ApimuxError:

@@ -210,6 +210,7 @@ class Executor:
         now = self.clock.now()
         err.with_context(backend=backend, endpoint=lease.key.label, model=call.model, request_id=call.request_id)
         series.failures[err.kind] += 1
+        err.attempts = tries + 1
         breaker = lease.server.breaker
         if is_upstream_failure(err):
             breaker.on_failure(now)
