@@ -36,6 +36,7 @@ class KeyState:
     cooldown_until: float = 0.0  # a server-announced delay (429) or a learned reset
     last_used: float = 0.0
     sent: int = 0
+    epoch: int = 0  # bumped by each cooldown, so older leases cannot ramp the key back up
 
     def __post_init__(self) -> None:
         self.limit = self.max_concurrent
@@ -53,6 +54,7 @@ class KeyState:
         # After a 429: no sends until ``until``, then one probe, then ramp up.
         self.cooldown_until = max(self.cooldown_until, until)
         self.limit = 1
+        self.epoch += 1
 
 
 @dataclass(eq=False, slots=True)
@@ -75,6 +77,7 @@ class Lease:
     key: KeyState
     tokens: int
     probe: bool = False
+    epoch: int = 0
 
 
 class Blocked:
@@ -140,7 +143,7 @@ class Pool:
             key.rpm.take(1, now)
         if key.tpm is not None:
             key.tpm.take(tokens, now)
-        return Lease(server, key, tokens, probe=server.breaker.on_send(now))
+        return Lease(server, key, tokens, server.breaker.on_send(now), key.epoch)
 
     def release(self, lease: Lease) -> None:
         lease.key.in_flight -= 1
@@ -158,7 +161,7 @@ class Pool:
     @staticmethod
     def on_success(lease: Lease, used_tokens: int | None) -> None:
         key = lease.key
-        if key.limit < key.max_concurrent:
+        if key.limit < key.max_concurrent and lease.epoch == key.epoch:
             key.limit = min(key.max_concurrent, key.limit * 2)  # ramp back after a cooldown
         if used_tokens is not None and key.tpm is not None:
             key.tpm.give_back(lease.tokens - used_tokens)

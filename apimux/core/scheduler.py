@@ -124,6 +124,10 @@ class GroupScheduler:
         while len(self.queue):
             ticket = self.queue.peek()
             assert ticket is not None
+            if ticket.future.done():  # its caller was cancelled and has not run yet
+                self.queue.pop()
+                self._left_queue(ticket)
+                continue
             got = self.pool.acquire(now, ticket.tokens, ticket.avoid)
             if isinstance(got, Blocked):
                 if got.circuit_open:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 Handler = Callable[[web.Request, "Recorded", "Fault | None"], Awaitable[web.StreamResponse]]
 
@@ -45,10 +46,11 @@ class Recorded:
     method: str
     path: str
     query: dict[str, str]
-    headers: dict[str, str]
+    headers: CIMultiDict[str]  # case-insensitive, as HTTP headers are
     body: bytes
     key: str | None
     at: float  # the simulator clock's time when received
+    in_flight: int = 0  # requests being served when this one arrived, itself included
 
     @property
     def json(self) -> Any:
@@ -138,12 +140,13 @@ class SimServer:
         async def handler(request: web.Request) -> web.StreamResponse:
             body = await request.read()
             rec = Recorded(
-                request.method, request.path, dict(request.query), dict(request.headers), body,
+                request.method, request.path, dict(request.query), CIMultiDict(request.headers), body,
                 self.key_of(request), self.clock.now() if self.clock else time.monotonic(),
             )
             with self._lock:
                 self.requests.append(rec)
                 self.in_flight += 1
+                rec.in_flight = self.in_flight
                 self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
             try:
                 fault = self.faults.next_for(rec)
