@@ -18,6 +18,7 @@ from apimux import (
     QueueFull,
     RetrySettings,
     Settings,
+    UpstreamError,
 )
 from apimux.testing import Fault, OpenAISim
 
@@ -137,7 +138,7 @@ async def test_breaker_closed_open_half_open_closed(sim: OpenAISim) -> None:
     sim.faults.script(*[Fault(status=503) for _ in range(5)])
     async with client_for(sim, clock, settings=settings) as c:
         for _ in range(5):
-            with pytest.raises(Exception) as info:
+            with pytest.raises(UpstreamError) as info:
                 await c.chat(MODEL, msg("x"))
             assert info.value.status == 503
         state = lambda: c.stats()["groups"]["openai"]["servers"][0]["breaker"]  # noqa: E731
@@ -148,7 +149,7 @@ async def test_breaker_closed_open_half_open_closed(sim: OpenAISim) -> None:
         clock.advance(30)
         assert state() == "half_open"
         sim.faults.script(Fault(status=503))
-        with pytest.raises(Exception):
+        with pytest.raises(UpstreamError):
             await c.chat(MODEL, msg("probe fails"))
         assert state() == "open"
         clock.advance(30)
