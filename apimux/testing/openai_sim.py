@@ -70,7 +70,7 @@ class OpenAISim(SimServer):
             "message": message,
             "type": kind,
             "param": None,
-            "code": None,
+            "code": fault.error_type if fault and fault.error_type else None,
         }
         return web.json_response({"error": err}, status=status)
 
