@@ -3,7 +3,10 @@
 The library itself never imports this package.
 """
 
+from apimux.testing.llvm_sim import LLVMSim  # noqa: F401
 from apimux.testing.openai_sim import OpenAISim
+from apimux.testing.ovms_sim import OVMSSim  # noqa: F401
 from apimux.testing.server import Fault, Faults, Recorded, SimServer
+from apimux.testing.tei_sim import TEISim  # noqa: F401
 
 __all__ = ["Fault", "Faults", "OpenAISim", "Recorded", "SimServer"]

@@ -1,0 +1,280 @@
+"""OpenVINO Model Server: its three REST faces behind one backend name.
+
+* KServe v2 / open inference protocol (default, ``protocol="kserve"``): also
+  fits Triton, KServe and MLServer.
+* TensorFlow Serving REST (``protocol="tfserving"``).
+* The OpenAI-compatible ``/v3`` routes for chat and embeddings: inherited from
+  ``OpenAIProvider``, only the path prefix differs.
+
+Tensor ops: ``infer`` (name -> numpy arrays in and out), ``ready`` (server or
+model readiness -> bool), ``metadata`` (model metadata dict, in the KServe
+shape on both faces) and ``model_status`` (TF Serving version states).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+
+from apimux.errors import ApimuxError, BadRequest, NotFound, UpstreamError
+from apimux.providers import ovms_tensors as t
+from apimux.providers.base import Call, error_message, load_json
+from apimux.providers.openai import OpenAIProvider
+from apimux.providers.registry import register
+from apimux.transport import HttpRequest, HttpResponse
+from apimux.types import InferResponse
+
+PROTOCOLS = ("kserve", "tfserving")
+_PROTOCOL_ALIASES = {"kserve": "kserve", "v2": "kserve", "kfs": "kserve", "oip": "kserve", "triton": "kserve",
+                     "tfserving": "tfserving", "tfs": "tfserving", "tensorflow": "tfserving", "v1": "tfserving"}
+# infer params that shape the request; anything else is a caller typo.
+_INFER_PARAMS = {"inputs", "version", "outputs", "metadata", "expect", "format", "parameters"}
+_SERVER = ("", "-")  # model names meaning "the server itself" (client.call("ready", "ovms/-", {}))
+
+
+@register
+class OVMSProvider(OpenAIProvider):
+    name = "ovms"
+    aliases = ("openvino",)
+    env_keys = ("OVMS_API_KEY",)  # optional: OVMS's /v3 routes can require one
+    env_base_url = ("OVMS_API_URL",)
+    default_base_url = "http://localhost:8000"
+    needs_key = False
+
+    def __init__(self, endpoint: Any) -> None:
+        super().__init__(endpoint)
+        # One server root serves all faces; tolerate a base URL given with /v3.
+        self.base_url = self.base_url.removesuffix("/v3")
+        proto = (self.protocol or "kserve").lower()
+        if proto not in _PROTOCOL_ALIASES:
+            raise BadRequest(f"ovms protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        self.face = _PROTOCOL_ALIASES[proto]
+
+    def url(self, path: str) -> str:
+        """OpenAI-style paths (``/chat/completions``...) live under ``/v3``."""
+        return f"{self.base_url}/v3{path}"
+
+    def root(self, path: str) -> str:
+        return f"{self.base_url}{path}"
+
+    def estimate_tokens(self, call: Call) -> int:
+        return 1 if call.op in ("infer", "ready", "metadata", "model_status") else super().estimate_tokens(call)
+
+    # ---- paths -----------------------------------------------------------
+    @staticmethod
+    def _model_path(prefix: str, call: Call, version: Any) -> str:
+        path = f"{prefix}/models/{quote(call.model, safe='')}"
+        return f"{path}/versions/{quote(str(version), safe='')}" if version not in (None, "") else path
+
+    # ---- infer -----------------------------------------------------------
+    def infer_request(self, call: Call, key: str | None) -> HttpRequest:
+        p = call.params
+        unknown = set(p) - _INFER_PARAMS
+        if unknown:
+            raise BadRequest(
+                f"ovms infer does not take {', '.join(sorted(unknown))} (it takes {', '.join(sorted(_INFER_PARAMS))})"
+            )
+        metadata = p.get("metadata") or p.get("expect")
+        inputs = _named_arrays(p.get("inputs"), metadata, self.face)
+        if metadata:
+            t.check_against(inputs, metadata)
+        outputs = p.get("outputs")
+        if outputs is not None and (
+            not isinstance(outputs, (list, tuple)) or not all(isinstance(o, str) for o in outputs)
+        ):
+            raise BadRequest("outputs must be a list of output names")
+        if self.face == "tfserving":
+            return self._tfs_predict(call, key, inputs)
+        body: dict[str, Any] = {"id": call.request_id, "inputs": [t.kserve_input(n, a) for n, a in inputs.items()]}
+        if outputs:
+            body["outputs"] = [{"name": o} for o in outputs]
+        if p.get("parameters"):
+            body["parameters"] = dict(p["parameters"])
+        url = self.root(self._model_path("/v2", call, p.get("version")) + "/infer")
+        return HttpRequest("POST", url, self.headers(key), json=body)
+
+    def _tfs_predict(self, call: Call, key: str | None, inputs: dict[str, np.ndarray]) -> HttpRequest:
+        fmt = call.params.get("format", "columnar")
+        if fmt not in ("columnar", "row"):
+            raise BadRequest(f"ovms TF Serving format must be 'columnar' or 'row', got {fmt!r}")
+        if fmt == "columnar":
+            body: dict[str, Any] = {"inputs": {n: t.tfs_value(n, a) for n, a in inputs.items()}}
+        else:
+            batches = {n: (a.shape[0] if a.ndim else None) for n, a in inputs.items()}
+            sizes = set(batches.values())
+            if None in sizes or len(sizes) != 1:
+                raise BadRequest(f"row format needs every input batched along dimension 0 with one size, got {batches}")
+            cols = {n: t.tfs_value(n, a) for n, a in inputs.items()}
+            rows = [{n: col[i] for n, col in cols.items()} for i in range(sizes.pop() or 0)]
+            body = {"instances": rows}
+        url = self.root(self._model_path("/v1", call, call.params.get("version")) + ":predict")
+        return HttpRequest("POST", url, self.headers(key), json=body)
+
+    def infer_response(self, call: Call, resp: HttpResponse) -> InferResponse:
+        if self.face == "tfserving":
+            return self._tfs_response(call, resp)
+        header_len = resp.headers.get("Inference-Header-Content-Length")
+        if header_len is not None:
+            try:
+                n = int(header_len)
+                data = json.loads(resp.body[:n])
+            except ValueError:
+                raise UpstreamError(f"{self.name} sent an unreadable binary inference header") from None
+            slices = t.split_binary(resp.body, n, data.get("outputs") or [])
+        else:
+            data = load_json(resp, self.name)
+            slices = {}
+        if not isinstance(data, dict) or not isinstance(data.get("outputs"), list):
+            raise UpstreamError(f"{self.name} infer response has no outputs list: {str(data)[:200]}")
+        outs = {str(o.get("name")): t.kserve_output(o, slices.get(str(o.get("name")))) for o in data["outputs"]}
+        return InferResponse(outs, model=str(data.get("model_name", call.model)), raw=data)
+
+    def _tfs_response(self, call: Call, resp: HttpResponse) -> InferResponse:
+        data = load_json(resp, self.name)
+        if not isinstance(data, dict) or not ("outputs" in data or "predictions" in data):
+            raise UpstreamError(f"{self.name} predict response has neither outputs nor predictions: {str(data)[:200]}")
+        metadata = call.params.get("metadata") or call.params.get("expect") or {}
+        types = {str(o["name"]): o.get("datatype") for o in metadata.get("outputs") or ()}
+        wanted = call.params.get("outputs")
+        outs: dict[str, np.ndarray] = {}
+        if "outputs" in data:
+            value = data["outputs"]
+            if isinstance(value, dict):
+                outs = {n: t.tfs_array(v, types.get(n)) for n, v in value.items()}
+            else:  # one output: TF Serving drops its name
+                name = _single_name(types, wanted, "outputs")
+                outs = {name: t.tfs_array(value, types.get(name))}
+        else:
+            preds = data["predictions"]
+            if isinstance(preds, list) and preds and all(isinstance(r, dict) for r in preds):
+                names = list(preds[0])
+                outs = {n: t.tfs_array([r[n] for r in preds], types.get(n)) for n in names}
+            else:
+                name = _single_name(types, wanted, "predictions")
+                outs = {name: t.tfs_array(preds, types.get(name))}
+        if wanted:  # TF Serving REST has no output filter; apply it here
+            missing = [w for w in wanted if w not in outs]
+            if missing and len(outs) > 1:
+                raise BadRequest(f"model {call.model!r} has no output {missing[0]!r} (it has {', '.join(outs)})")
+            outs = {n: v for n, v in outs.items() if n in wanted} or outs
+        return InferResponse(outs, model=call.model, raw=data)
+
+    # ---- readiness, metadata, status ----------------------------------------
+    def ready_request(self, call: Call, key: str | None) -> HttpRequest:
+        version = call.params.get("version")
+        if self.face == "tfserving":
+            if call.model in _SERVER:
+                raise BadRequest("TF Serving REST has no server readiness route; ask about a model ('ovms/<model>')")
+            return HttpRequest("GET", self.root(self._model_path("/v1", call, version)), self.headers(key))
+        if call.model in _SERVER:
+            which = "live" if call.params.get("live") else "ready"
+            return HttpRequest("GET", self.root(f"/v2/health/{which}"), self.headers(key))
+        return HttpRequest("GET", self.root(self._model_path("/v2", call, version) + "/ready"), self.headers(key))
+
+    def ready_response(self, call: Call, resp: HttpResponse) -> bool:
+        # OVMS and Triton answer 200 with an empty body; the spec's body is {"ready": bool}.
+        data = _json_or_none(resp.body)
+        if self.face == "tfserving" and call.model not in _SERVER:
+            states = [v.get("state") for v in (data or {}).get("model_version_status") or ()]
+            return "AVAILABLE" in states
+        if isinstance(data, dict) and "ready" in data:
+            return bool(data["ready"])
+        return resp.status == 200
+
+    def metadata_request(self, call: Call, key: str | None) -> HttpRequest:
+        version = call.params.get("version")
+        if self.face == "tfserving":
+            url = self.root(self._model_path("/v1", call, version) + "/metadata")
+            return HttpRequest("GET", url, self.headers(key))
+        return HttpRequest("GET", self.root(self._model_path("/v2", call, version)), self.headers(key))
+
+    def metadata_response(self, call: Call, resp: HttpResponse) -> dict[str, Any]:
+        data = load_json(resp, self.name)
+        if not isinstance(data, dict):
+            raise UpstreamError(f"{self.name} metadata is not a JSON object: {str(data)[:200]}")
+        return t.tfs_metadata(data) if self.face == "tfserving" else data
+
+    def model_status_request(self, call: Call, key: str | None) -> HttpRequest:
+        # The TF Serving route; OVMS serves it whatever face infer uses.
+        url = self.root(self._model_path("/v1", call, call.params.get("version")))
+        return HttpRequest("GET", url, self.headers(key))
+
+    def model_status_response(self, call: Call, resp: HttpResponse) -> dict[int, dict[str, Any]]:
+        """``{version: {"state", "error_code", "error_message"}}`` (as ovmsclient returns it)."""
+        data = load_json(resp, self.name)
+        out: dict[int, dict[str, Any]] = {}
+        for v in (data or {}).get("model_version_status") or ():
+            status = v.get("status") or {}
+            out[int(v.get("version", 0))] = {
+                "state": v.get("state"),
+                "error_code": status.get("error_code", "OK"),
+                "error_message": status.get("error_message", ""),
+            }
+        return out
+
+    # ---- errors ----------------------------------------------------------
+    def error(self, call: Call, resp: HttpResponse) -> ApimuxError:
+        err = super().error(call, resp)
+        msg = error_message(resp.body).lower()
+        # Triton answers 400 for a model it does not know; that is a 404 in meaning.
+        if resp.status == 400 and ("unknown model" in msg or "is not found" in msg):
+            return NotFound(err.message, status=resp.status, body=err.body)
+        if call.op == "ready" and not isinstance(err, NotFound):
+            # A "not ready" answer is the probe's result; retrying it would only delay it.
+            err.retryable = False
+        return err
+
+
+@register
+class OVMSOpenAIProvider(OpenAIProvider):
+    """Only OVMS's OpenAI-compatible routes, for a base URL that already ends in /v3."""
+
+    name = "ovms_openai"
+    env_keys = ("OVMS_API_KEY",)
+    env_base_url = ("OVMS_OPENAI_BASE_URL",)  # a URL ending in /v3
+    default_base_url = "http://localhost:8000/v3"
+    needs_key = False
+
+
+# ---- helpers ------------------------------------------------------------------
+def _named_arrays(inputs: Any, metadata: Mapping[str, Any] | None, face: str) -> dict[str, np.ndarray]:
+    """``{"name": array}``; a bare array is allowed when the input name is unambiguous."""
+    if isinstance(inputs, Mapping):
+        if not inputs:
+            raise BadRequest("infer needs at least one input")
+        out = {}
+        for n, v in inputs.items():
+            if not isinstance(n, str) or not n:
+                raise BadRequest(f"input names must be non-empty strings, got {n!r}")
+            out[n] = t.as_array(n, v)
+        return out
+    if inputs is None:
+        raise BadRequest("infer needs inputs: a dict of input name -> numpy array")
+    specs = list((metadata or {}).get("inputs") or ())
+    if len(specs) == 1:
+        name = str(specs[0]["name"])
+        return {name: t.as_array(name, inputs)}
+    raise BadRequest(
+        "infer inputs must be a dict of input name -> numpy array"
+        + ("" if face == "kserve" else " (or pass metadata= of a one-input model)")
+    )
+
+
+def _single_name(types: Mapping[str, Any], wanted: Any, fallback: str) -> str:
+    if wanted and len(wanted) == 1:
+        return str(wanted[0])
+    if len(types) == 1:
+        return next(iter(types))
+    return fallback
+
+
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return json.loads(body) if body.strip() else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+
