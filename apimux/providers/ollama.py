@@ -178,9 +178,13 @@ def usage_from(data: dict[str, Any]) -> Usage:
 
 def error_from(status: int, body: bytes, retry_after: float | None) -> ApimuxError:
     """Ollama's ``{"error": "..."}`` with its status: 404 is an unpulled model,
-    503 a full queue (OLLAMA_MAX_QUEUE: "server busy"), 429 a cloud quota."""
-    cls: type[ApimuxError] = Overloaded if status == 503 else error_for_status(status)
-    return cls(error_message(body) or f"HTTP {status}", status=status, retry_after=retry_after, body=safe_json(body))
+    429 a cloud quota, and a 503 saying "server busy" is a full request queue
+    (OLLAMA_MAX_QUEUE), which is overload rather than a broken server."""
+    message = error_message(body) or f"HTTP {status}"
+    cls = error_for_status(status)
+    if status == 503 and "busy" in message.lower():
+        cls = Overloaded
+    return cls(message, status=status, retry_after=retry_after, body=safe_json(body))
 
 
 @register

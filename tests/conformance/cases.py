@@ -13,6 +13,7 @@ from typing import Any
 
 from apimux import Endpoint
 from apimux.testing import OpenAISim, Recorded, SimServer
+from apimux.testing import OllamaSim, OpeaSim, TGISim
 
 
 @dataclass
@@ -46,4 +47,8 @@ CHAT_CASES: list[ChatCase] = [
     _openai_case("openai"),
     _openai_case("groq", prefix="/openai/v1", flavor="groq"),
     _openai_case("vllm"),
+    ChatCase("ollama", OllamaSim, lambda sim, keys: Endpoint("ollama", base_url=sim.url), _openai_system,
+             keyed=False),
+    ChatCase("hf_tgi", TGISim, lambda sim, keys: Endpoint("hf_tgi", base_url=sim.url, api_keys=keys), _openai_system),
+    ChatCase("opea", OpeaSim, lambda sim, keys: Endpoint("opea", base_url=sim.url, api_keys=keys), _openai_system),
 ]
