@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from apimux import Endpoint
-from apimux.testing import OpenAISim, Recorded, SimServer
+from apimux.testing import AnthropicSim, GeminiSim, OpenAISim, Recorded, SimServer
 from apimux.testing import OllamaSim, OpeaSim, TGISim
 
 
@@ -47,6 +47,10 @@ CHAT_CASES: list[ChatCase] = [
     _openai_case("openai"),
     _openai_case("groq", prefix="/openai/v1", flavor="groq"),
     _openai_case("vllm"),
+    ChatCase("anthropic", AnthropicSim, lambda sim, keys: Endpoint("anthropic", base_url=sim.url, api_keys=keys),
+             AnthropicSim.system_of),
+    ChatCase("gemini", GeminiSim, lambda sim, keys: Endpoint("gemini", base_url=sim.url, api_keys=keys),
+             GeminiSim.system_of),
     ChatCase("ollama", OllamaSim, lambda sim, keys: Endpoint("ollama", base_url=sim.url), _openai_system,
              keyed=False),
     ChatCase("hf_tgi", TGISim, lambda sim, keys: Endpoint("hf_tgi", base_url=sim.url, api_keys=keys), _openai_system),
