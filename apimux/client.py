@@ -5,13 +5,25 @@ it to the core."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import threading
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Hashable,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from typing import Any, TypeVar
 
 from apimux.config import Endpoint, Settings, resolve
+from apimux.core.batching import MicroBatcher, chunks
 from apimux.core.breaker import Breaker
 from apimux.core.clock import Clock, SystemClock
 from apimux.core.executor import CallOptions, CostFn, Executor
@@ -19,7 +31,7 @@ from apimux.core.limits import TokenBucket
 from apimux.core.pool import KeyState, Lease, Pool, Server
 from apimux.core.scheduler import GroupScheduler
 from apimux.core.stats import Stats
-from apimux.errors import BadRequest, ConfigError
+from apimux.errors import ApimuxError, BadRequest, ConfigError
 from apimux.providers import registry
 from apimux.providers.base import Call, Provider
 from apimux.transport import AiohttpTransport, Timeouts, Transport
@@ -32,6 +44,7 @@ from apimux.types import (
     ModelInfo,
     Priority,
     RerankResponse,
+    Usage,
 )
 
 T = TypeVar("T")
@@ -66,13 +79,33 @@ def with_system(messages: list[Message], system: str | None) -> list[Message]:
 class Group:
     """A model group: its scheduler, provider class and the backend's name."""
 
-    __slots__ = ("backend", "name", "provider_cls", "sched")
+    __slots__ = ("backend", "limits", "name", "provider_cls", "sched")
 
     def __init__(self, name: str, backend: str, provider_cls: type[Provider], sched: GroupScheduler) -> None:
         self.name = name
         self.backend = backend
         self.provider_cls = provider_cls
         self.sched = sched
+        # op -> items per upstream call; a task so concurrent first calls ask the server once
+        self.limits: dict[str, asyncio.Task[int]] = {}
+
+
+def merge_embeds(parts: list[EmbedResponse]) -> EmbedResponse:
+    """Reassemble the answers of a split call, in order."""
+    usage = Usage(sum(p.usage.prompt_tokens for p in parts), sum(p.usage.completion_tokens for p in parts))
+    merged = EmbedResponse([v for p in parts for v in p.vectors], parts[0].model, usage)
+    merged.info = parts[0].info
+    merged.info.attempts = max(p.info.attempts for p in parts)
+    return merged
+
+
+def share_usage(total: Usage, items: list[str]) -> list[Usage]:
+    """A batch's prompt tokens shared by text length (the service reports only the sum)."""
+    lengths = [max(1, len(t)) for t in items]
+    whole = sum(lengths)
+    shares = [total.prompt_tokens * n // whole for n in lengths]
+    shares[-1] += total.prompt_tokens - sum(shares)
+    return [Usage(s, 0) for s in shares]
 
 
 class AsyncClient:
@@ -103,6 +136,7 @@ class AsyncClient:
             self.clock, self.settings.retry, self._stats, send_request_id=self.settings.send_request_id, cost=cost
         )
         self._groups: dict[str, Group] = {}
+        self._batcher = MicroBatcher(self.clock, self.settings.batch_window, self._flush_embeds)
 
     # ---- groups -------------------------------------------------------------
     def group(self, name: str) -> Group:
@@ -255,15 +289,68 @@ class AsyncClient:
         priority: Priority | str | int | None = None, wait: bool = True,
         queue_timeout: float | None = None, max_retries: int | None = None, **params: Any,
     ) -> EmbedResponse:
+        """Embeddings. A single text may share an upstream call with concurrent
+        ones (micro-batching); a list longer than the backend's batch limit is
+        split, sent concurrently and reassembled in order."""
         if isinstance(inputs, str):
             inputs = [inputs]
-        if not isinstance(inputs, list) or not all(isinstance(x, str) for x in inputs):
-            raise BadRequest("embed inputs must be a string or a list of strings")
+        if not isinstance(inputs, list) or not inputs or not all(isinstance(x, str) for x in inputs):
+            raise BadRequest("embed inputs must be a string or a non-empty list of strings")
+        name, _ = split_model(model)
+        limit = await self._batch_limit(self.group(name), "embed")
+        if len(inputs) == 1 and limit > 1 and self.settings.batch_window > 0 and wait and max_retries is None:
+            key = ("embed", model, json.dumps(params, sort_keys=True, default=str))
+            result: EmbedResponse = await self._batcher.submit(key, inputs[0], limit, Priority.parse(priority))
+            return result
+        kw: dict[str, Any] = {"priority": priority, "wait": wait, "queue_timeout": queue_timeout,
+                              "max_retries": max_retries}
+        if len(inputs) > limit:
+            parts = await asyncio.gather(
+                *(self.call("embed", model, {**params, "input": list(part)}, **kw) for part in chunks(inputs, limit))
+            )
+            return merge_embeds(list(parts))
         params["input"] = inputs
-        result: EmbedResponse = await self.call(
-            "embed", model, params, priority=priority, wait=wait, queue_timeout=queue_timeout, max_retries=max_retries
-        )
-        return result
+        whole: EmbedResponse = await self.call("embed", model, params, **kw)
+        return whole
+
+    async def _flush_embeds(self, key: Hashable, items: list[str], priority: Priority) -> list[Any]:
+        assert isinstance(key, tuple)
+        model: str = key[1]
+        params = json.loads(key[2])
+        try:
+            batch: EmbedResponse = await self.call("embed", model, {**params, "input": items}, priority=priority)
+        except BadRequest:
+            if len(items) == 1:
+                raise
+            # One bad item must not sink its neighbours: each gets its own answer.
+            return list(await asyncio.gather(
+                *(self.call("embed", model, {**params, "input": [t]}, priority=priority) for t in items),
+                return_exceptions=True,
+            ))
+        out = []
+        for vector, usage in zip(batch.vectors, share_usage(batch.usage, items), strict=True):
+            one = EmbedResponse([vector], batch.model, usage)
+            one.info = batch.info
+            out.append(one)
+        return out
+
+    async def _batch_limit(self, g: Group, op: str) -> int:
+        task = g.limits.get(op)
+        if task is None:
+            task = g.limits[op] = asyncio.get_running_loop().create_task(self._learn_limit(g, op))
+        return await asyncio.shield(task)
+
+    async def _learn_limit(self, g: Group, op: str) -> int:
+        limit = g.provider_cls.batch_limits.get(op, 1)
+        if limit > 1 and g.provider_cls.supports("info"):
+            try:  # a server that announces its own limit (TEI, TGI) is believed
+                info = await self.call("info", f"{g.name}/-", {}, max_retries=1)
+                announced = info.get("max_client_batch_size") if isinstance(info, Mapping) else None
+                if isinstance(announced, int) and announced > 0:
+                    limit = announced
+            except ApimuxError:
+                pass
+        return limit
 
     async def rerank(
         self, model: str, query: str, texts: list[str], *,
@@ -330,6 +417,7 @@ class AsyncClient:
         self._stats.reset()
 
     async def close(self) -> None:
+        await self._batcher.close()
         for g in self._groups.values():
             g.sched.close()
         for t in [self._transport, *self._own_transports]:
