@@ -29,7 +29,9 @@ async def test_concurrent_single_texts_coalesce_and_each_gets_its_own(sim: OpenA
     assert sum(r.usage.prompt_tokens for r in results) == 300  # the batch's usage, shared out
 
 
-async def test_batches_respect_the_backend_limit(sim: OpenAISim, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_batches_respect_the_backend_limit(
+    sim: OpenAISim, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from apimux.providers.openai import OpenAIProvider
 
     monkeypatch.setattr(OpenAIProvider, "batch_limits", {"embed": 32})
