@@ -202,9 +202,10 @@ def tfs_value(name: str, value: Any) -> Any:
 
 
 def _nest(arr: np.ndarray, conv: Any) -> Any:
-    if arr.ndim == 0:
-        return conv(arr.item())
-    return [_nest(a, conv) for a in arr]
+    def walk(v: Any) -> Any:
+        return [walk(x) for x in v] if isinstance(v, list) else conv(v)
+
+    return walk(arr.tolist())
 
 
 def tfs_array(value: Any, datatype: str | None = None) -> np.ndarray:

@@ -106,6 +106,10 @@ class OVMSSim(SimServer):
         self.server_ready = True
         self.v3 = _V3(prefix="/v3")  # never started: only its handlers are used
 
+    def __enter__(self) -> OVMSSim:  # typed for `with OVMSSim() as sim: sim.models ...`
+        self.start()
+        return self
+
     def routes(self, app: web.Application) -> None:
         r = app.router
         m, v = "{model:[^/:]+}", "{version:[^/:]+}"
