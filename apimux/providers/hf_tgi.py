@@ -12,7 +12,7 @@ bodies and as stream events; the ``error_type`` picks the class.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from apimux.core.retry import parse_retry_after
@@ -88,6 +88,27 @@ def generate_parameters(params: Mapping[str, Any], stream: bool) -> dict[str, An
     return out
 
 
+def parse_keeping_text(
+    events: list[Any], parse: Callable[[str], ChatChunk | None], state: Any
+) -> list[ChatChunk]:
+    """Chunks before an error event reach the caller first; the error is kept
+    in ``state.pending`` and raised on the next call, so no text is lost."""
+    if state.pending is not None:
+        raise state.pending
+    out: list[ChatChunk] = []
+    for ev in events:
+        try:
+            chunk = parse(ev.data)
+        except ApimuxError as err:
+            if not out:
+                raise
+            state.pending = err
+            return out
+        if chunk is not None:
+            out.append(chunk)
+    return out
+
+
 class _OpenAIRoutes(OpenAIProvider):
     """TGI's OpenAI-compatible routes; not registered, used by composition."""
 
@@ -96,6 +117,19 @@ class _OpenAIRoutes(OpenAIProvider):
 
 class TGIChatStreamParser(OpenAIStreamParser):
     """OpenAI chunks, but a mid-stream error is TGI's ``{"error", "error_type"}``."""
+
+    pending: ApimuxError | None = None
+
+    def feed(self, chunk: bytes) -> list[ChatChunk]:
+        return parse_keeping_text(self.sse.feed(chunk), self._event, self)
+
+    def close(self) -> list[ChatChunk]:
+        out = parse_keeping_text(self.sse.flush(), self._event, self)
+        if self.pending is not None:
+            raise self.pending
+        if not self.done:
+            raise StreamInterrupted(f"{self.backend} stream ended before [DONE]")
+        return out
 
     def _event(self, data: str) -> ChatChunk | None:
         obj = safe_json(data.encode())
@@ -210,12 +244,15 @@ class TGIGenerateStreamParser:
         self.backend = backend
         self.sse = SSEDecoder()
         self.done = False
+        self.pending: ApimuxError | None = None
 
     def feed(self, chunk: bytes) -> list[ChatChunk]:
-        return [c for ev in self.sse.feed(chunk) if (c := self._event(ev.data)) is not None]
+        return parse_keeping_text(self.sse.feed(chunk), self._event, self)
 
     def close(self) -> list[ChatChunk]:
-        out = [c for ev in self.sse.flush() if (c := self._event(ev.data)) is not None]
+        out = parse_keeping_text(self.sse.flush(), self._event, self)
+        if self.pending is not None:
+            raise self.pending
         if not self.done:
             raise StreamInterrupted(f"{self.backend} stream ended before its final event")
         return out

@@ -317,12 +317,33 @@ class OllamaStreamParser:
         self.lines = NDJSONDecoder()
         self.done = False
         self.tools: list[ToolCall] = []
+        self.pending: ApimuxError | None = None
+
+    def _parse(self, lines: list[str]) -> list[ChatChunk]:
+        """Chunks before an error line reach the caller first; the error is
+        raised on the next call, so text already generated is not lost."""
+        if self.pending is not None:
+            raise self.pending
+        out: list[ChatChunk] = []
+        for line in lines:
+            try:
+                chunk = self._line(line)
+            except ApimuxError as err:
+                if not out:
+                    raise
+                self.pending = err
+                return out
+            if chunk is not None:
+                out.append(chunk)
+        return out
 
     def feed(self, chunk: bytes) -> list[ChatChunk]:
-        return [c for line in self.lines.feed(chunk) if (c := self._line(line)) is not None]
+        return self._parse(self.lines.feed(chunk))
 
     def close(self) -> list[ChatChunk]:
-        out = [c for line in self.lines.flush() if (c := self._line(line)) is not None]
+        out = self._parse(self.lines.flush())
+        if self.pending is not None:
+            raise self.pending
         if not self.done:
             raise StreamInterrupted(f"{self.backend} stream ended without its done line")
         return out
