@@ -1,0 +1,1 @@
+"""The ``apimux`` command line: ``run`` (JSONL batches), ``check`` and ``stats``."""

@@ -1,0 +1,29 @@
+"""``apimux stats``: the last run's summary, read from ``<results>.summary.json``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from apimux.cli.progress import summary_table
+from apimux.cli.run import summary_path
+
+
+def stats_command(results: Path, as_json: bool = False) -> int:
+    path = summary_path(results)
+    err = Console(stderr=True)
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        err.print(f"apimux stats: no summary at {path} (run `apimux run ... -o {results}` first)", highlight=False)
+        return 2
+    except (OSError, ValueError) as exc:
+        err.print(f"apimux stats: cannot read {path}: {exc}", highlight=False)
+        return 2
+    if as_json:
+        print(json.dumps(summary, indent=2))
+    else:
+        Console().print(summary_table(summary))
+    return 0
