@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import ollama
 import pytest
@@ -42,7 +43,8 @@ TOOL = {"type": "function", "function": {"name": "lookup", "description": "find"
 
 @pytest.fixture
 def osim(clock: FakeClock) -> Iterator[OllamaSim]:
-    with OllamaSim(clock=clock) as s:
+    s = OllamaSim(clock=clock)
+    with s:
         yield s
 
 
@@ -68,7 +70,7 @@ def test_sdk_generate_embed_list(osim: OllamaSim) -> None:
     c = ollama.Client(host=osim.url)
     g = c.generate(model="test-model", prompt="say this")
     assert g.response == "echo: say this" and g.done_reason == "stop" and g.eval_count == 3
-    pieces = [p.response for p in c.generate(model="test-model", prompt="say this", stream=True)]
+    pieces = [p.response or "" for p in c.generate(model="test-model", prompt="say this", stream=True)]
     assert "".join(pieces) == "echo: say this"
     e = c.embed(model="nomic-embed-text", input=["a", "b"])
     assert len(e.embeddings) == 2 and len(e.embeddings[0]) == 8 and e.embeddings[0] != e.embeddings[1]
@@ -136,7 +138,7 @@ async def test_length_generate_embed_models(osim: OllamaSim, clock: FakeClock) -
 async def test_tools_and_images_round_trip(osim: OllamaSim, clock: FakeClock) -> None:
     async with client(osim, clock) as c:
         r = await c.chat("ollama/test-model", [{"role": "user", "content": "tool: paris"}], tools=[TOOL])
-        history = [
+        history: list[dict[str, Any]] = [
             {"role": "user", "content": "tool: paris"},
             {"role": "assistant", "content": None, "tool_calls": [t.to_dict() for t in r.tool_calls]},
             {"role": "tool", "tool_call_id": r.tool_calls[0].id, "content": "capital of France"},

@@ -19,7 +19,8 @@ USER = [{"role": "user", "content": "hello world"}]
 
 @pytest.fixture
 def opea(clock: FakeClock) -> Iterator[OpeaSim]:
-    with OpeaSim(clock=clock) as s:
+    s = OpeaSim(clock=clock)
+    with s:
         yield s
 
 
@@ -34,7 +35,8 @@ def test_sdk_microservices(opea: OpeaSim) -> None:
     r = c.chat.completions.create(model="test-model", messages=USER, max_tokens=2)  # type: ignore[arg-type]
     assert r.choices[0].message.content == "echo: hello" and r.choices[0].finish_reason == "length"
     stream = c.chat.completions.create(model="test-model", messages=USER, stream=True)  # type: ignore[arg-type]
-    assert "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices) == "echo: hello world"
+    text = "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)  # type: ignore[union-attr]
+    assert text == "echo: hello world"
     e = c.embeddings.create(model="BAAI/bge-base-en-v1.5", input=["a", "b"])
     assert len(e.data) == 2 and len(e.data[0].embedding) == 8
     with pytest.raises(openai.UnprocessableEntityError) as info:

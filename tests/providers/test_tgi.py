@@ -33,7 +33,8 @@ USER = [{"role": "user", "content": "hello world"}]
 
 @pytest.fixture
 def tgi(clock: FakeClock) -> Iterator[TGISim]:
-    with TGISim(clock=clock) as s:
+    s = TGISim(clock=clock)
+    with s:
         yield s
 
 
