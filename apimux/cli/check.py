@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import sys
 import time
 from typing import Any
 
@@ -79,12 +80,12 @@ def check_command(config: str | None, timeout: float = 15.0) -> int:
     try:
         rows = asyncio.run(run_checks(config, timeout))
     except ConfigError as exc:
-        Console(stderr=True).print(f"[bold red]apimux check:[/] {exc}", highlight=False)
+        print(f"apimux check: {exc}", file=sys.stderr)
         return 2
     if not rows:
-        Console(stderr=True).print(
+        print(
             "apimux check: no endpoints configured (give --config, create ./apimux.toml, "
-            "or set a backend's environment variables such as OPENAI_API_KEY)"
+            "or set a backend's environment variables such as OPENAI_API_KEY)", file=sys.stderr,
         )
         return 1
     table = Table(title="apimux endpoints")

@@ -358,7 +358,7 @@ def run_command(opts: RunOptions) -> int:
     try:
         setup = preflight(opts)
     except UsageError as exc:
-        err_console.print(f"[bold red]apimux run:[/] {exc}", highlight=False)
+        print(f"apimux run: {exc}", file=sys.stderr)  # one plain line, never wrapped
         return EXIT_USAGE
     opts.progress = opts.progress and err_console.is_terminal
     runner = Runner(opts, setup, err_console)

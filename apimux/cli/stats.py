@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -13,14 +14,13 @@ from apimux.cli.run import summary_path
 
 def stats_command(results: Path, as_json: bool = False) -> int:
     path = summary_path(results)
-    err = Console(stderr=True)
     try:
         summary = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        err.print(f"apimux stats: no summary at {path} (run `apimux run ... -o {results}` first)", highlight=False)
+        print(f"apimux stats: no summary at {path} (run `apimux run ... -o {results}` first)", file=sys.stderr)
         return 2
     except (OSError, ValueError) as exc:
-        err.print(f"apimux stats: cannot read {path}: {exc}", highlight=False)
+        print(f"apimux stats: cannot read {path}: {exc}", file=sys.stderr)
         return 2
     if as_json:
         print(json.dumps(summary, indent=2))
