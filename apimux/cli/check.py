@@ -8,9 +8,9 @@ import sys
 import time
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
+from apimux.cli.progress import out_console
 from apimux.cli.setup import load
 from apimux.client import AsyncClient
 from apimux.config import Endpoint
@@ -76,7 +76,7 @@ def _mark(v: bool | None) -> str:
 
 
 def check_command(config: str | None, timeout: float = 15.0) -> int:
-    console = Console()
+    console = out_console()
     try:
         rows = asyncio.run(run_checks(config, timeout))
     except ConfigError as exc:

@@ -182,6 +182,14 @@ def summary_table(summary: dict[str, Any]) -> Table:
     return table
 
 
+def out_console() -> Console:
+    """stdout; when it is not a terminal (a pipe, a log) tables are not squeezed into 80 columns."""
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    return console
+
+
 def _num(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
 

@@ -25,7 +25,7 @@ from rich.console import Console
 
 from apimux.cli import results as res
 from apimux.cli.jobfile import BadLine, Job, count_lines, iter_lines, parse_line
-from apimux.cli.progress import BackendTally, RunProgress, new_tallies, summary_table
+from apimux.cli.progress import BackendTally, RunProgress, new_tallies, out_console, summary_table
 from apimux.cli.setup import Overrides, Setup, group_names, load
 from apimux.client import AsyncClient
 from apimux.errors import ApimuxError, BadRequest, ConfigError
@@ -366,5 +366,5 @@ def run_command(opts: RunOptions) -> int:
     write_json(summary_path(opts.output), summary)
     if opts.summary_json is not None:
         write_json(opts.summary_json, summary)
-    Console().print(summary_table(summary))
+    out_console().print(summary_table(summary))
     return int(summary["exit_code"])

@@ -6,9 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from rich.console import Console
-
-from apimux.cli.progress import summary_table
+from apimux.cli.progress import out_console, summary_table
 from apimux.cli.run import summary_path
 
 
@@ -25,5 +23,5 @@ def stats_command(results: Path, as_json: bool = False) -> int:
     if as_json:
         print(json.dumps(summary, indent=2))
     else:
-        Console().print(summary_table(summary))
+        out_console().print(summary_table(summary))
     return 0
