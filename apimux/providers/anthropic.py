@@ -30,7 +30,7 @@ from apimux.errors import (
 )
 from apimux.providers.base import Call, Provider, error_message, load_json, safe_json
 from apimux.providers.registry import register
-from apimux.providers.streams import SSEDecoder
+from apimux.providers.streams import SSEDecoder, SSEEvent
 from apimux.transport import HttpRequest, HttpResponse
 from apimux.types import ChatChunk, ChatResponse, Message, ModelInfo, ToolCall, Usage
 
@@ -406,16 +406,37 @@ class AnthropicStreamParser:
     def __init__(self, backend: str) -> None:
         self.backend = backend
         self.sse = SSEDecoder()
+        self.pending: ApimuxError | None = None
         self.done = False
         self.input_usage: dict[str, Any] = {}
         self.output_tokens = 0
         self.tools: dict[int, dict[str, str]] = {}  # content block index -> tool_use so far
 
     def feed(self, chunk: bytes) -> list[ChatChunk]:
-        return [c for ev in self.sse.feed(chunk) if (c := self._event(ev.event, ev.data)) is not None]
+        return self._events(self.sse.feed(chunk))
+
+    def _events(self, events: list[SSEEvent]) -> list[ChatChunk]:
+        # An error event raises, but text that arrived in the same read goes to
+        # the caller first, so the outcome does not depend on how TCP split it.
+        if self.pending is not None:
+            raise self.pending
+        out: list[ChatChunk] = []
+        for ev in events:
+            try:
+                c = self._event(ev.event, ev.data)
+            except ApimuxError as err:
+                if not out:
+                    raise
+                self.pending = err
+                break
+            if c is not None:
+                out.append(c)
+        return out
 
     def close(self) -> list[ChatChunk]:
-        out = [c for ev in self.sse.flush() if (c := self._event(ev.event, ev.data)) is not None]
+        out = self._events(self.sse.flush())
+        if self.pending is not None:
+            raise self.pending  # nothing reads after close: the error wins
         if not self.done:
             raise StreamInterrupted(f"{self.backend} stream ended before message_stop")
         return out
