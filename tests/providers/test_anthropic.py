@@ -421,7 +421,8 @@ def test_stream_parser_events_split_anywhere() -> None:
     # Text and an error event in one read: the text goes out, the error follows.
     split = AnthropicStreamParser("anthropic")
     head = raw[: raw.index(b"event: content_block_start\ndata: {\"type\": \"content_block_start\", \"index\": 1")]
-    got = split.feed(head + b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"x"}}\n\n')
+    error = b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"x"}}\n\n'
+    got = split.feed(head + error)
     assert [c.text for c in got] == ["Hi"]
     with pytest.raises(Overloaded):
         split.close()
