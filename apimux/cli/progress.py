@@ -12,9 +12,7 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     TaskID,
-    TaskProgressColumn,
     TextColumn,
-    TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.table import Table
@@ -82,12 +80,9 @@ class RunProgress:
         if enabled:
             self._progress = Progress(
                 TextColumn("{task.description}", justify="left"),
-                BarColumn(bar_width=28),
+                BarColumn(bar_width=20),
                 MofNCompleteColumn(),
-                TaskProgressColumn(),
                 TextColumn("{task.fields[rate]}"),
-                TimeElapsedColumn(),
-                TextColumn("eta"),
                 TimeRemainingColumn(),
                 TextColumn("{task.fields[info]}"),
                 console=console or Console(stderr=True),
@@ -123,18 +118,17 @@ class RunProgress:
         waits = sum(t.rate_limit_waits for t in tallies.values())
         p.update(
             self._overall, rate=rate,
-            info=f"tok {tokens:,} · {cost_text(cost, unknown)} · retries {retries} · "
-            f"waits {waits} · failed {failures}",
+            info=f"tok {tokens:,} {cost_text(cost, unknown)} retry {retries} wait {waits} fail {failures}",
         )
         for name, t in tallies.items():
             task = self._tasks.get(name)
             if task is None:
-                task = self._tasks[name] = p.add_task(f"  {name}", total=None, rate="", info="")
+                task = self._tasks[name] = p.add_task(f" {name}", total=None, rate="", info="")
             one_cost = None if t.ok and t.cost_unknown == t.ok else t.cost
             p.update(
                 task, completed=t.ok + t.failed,
-                info=f"ok {t.ok:,} · failed {t.failed} · tok {t.prompt_tokens + t.completion_tokens:,} · "
-                f"{cost_text(one_cost, t.cost_unknown)} · retries {t.retries} · waits {t.rate_limit_waits}",
+                info=f"ok {t.ok:,} fail {t.failed} tok {t.prompt_tokens + t.completion_tokens:,} "
+                f"{cost_text(one_cost, t.cost_unknown)} retry {t.retries} wait {t.rate_limit_waits}",
             )
 
 
