@@ -136,7 +136,7 @@ class AsyncClient:
             self.clock, self.settings.retry, self._stats, send_request_id=self.settings.send_request_id, cost=cost
         )
         self._groups: dict[str, Group] = {}
-        self._batcher = MicroBatcher(self.clock, self.settings.batch_window, self._flush_embeds)
+        self._batcher = MicroBatcher(self.settings.batch_window, self._flush)
 
     # ---- groups -------------------------------------------------------------
     def group(self, name: str) -> Group:
@@ -313,10 +313,9 @@ class AsyncClient:
         whole: EmbedResponse = await self.call("embed", model, params, **kw)
         return whole
 
-    async def _flush_embeds(self, key: Hashable, items: list[str], priority: Priority) -> list[Any]:
-        assert isinstance(key, tuple)
-        model: str = key[1]
-        params = json.loads(key[2])
+    async def _flush_embeds(
+        self, model: str, params: dict[str, Any], items: list[str], priority: Priority
+    ) -> list[Any]:
         try:
             batch: EmbedResponse = await self.call("embed", model, {**params, "input": items}, priority=priority)
         except BadRequest:
@@ -365,10 +364,53 @@ class AsyncClient:
     async def infer(
         self, model: str, inputs: Any, *, priority: Priority | str | int | None = None, **params: Any
     ) -> InferResponse:
-        """Tensor/model-server inference; ``inputs`` is backend-specific (e.g. name -> numpy array)."""
+        """Model-server inference; ``inputs`` is backend-specific (e.g. name -> numpy array).
+
+        Where the backend can serve several single infers in one call (it
+        defines ``coalesce_key``/``coalesce``/``uncoalesce``), concurrent
+        infers are micro-batched like embeddings.
+        """
         params["inputs"] = inputs
+        name, _ = split_model(model)
+        g = self.group(name)
+        keyer = getattr(g.provider_cls, "coalesce_key", None)
+        if keyer is not None and self.settings.batch_window > 0:
+            _, call = self._call("infer", model, params)
+            key = keyer(call)
+            limit = await self._batch_limit(g, "infer")
+            if key is not None and limit > 1:
+                single: InferResponse = await self._batcher.submit(
+                    ("infer", model, key), call, limit, Priority.parse(priority)
+                )
+                return single
         result: InferResponse = await self.call("infer", model, params, priority=priority)
         return result
+
+    async def _flush(self, key: Hashable, items: list[Any], priority: Priority) -> list[Any]:
+        assert isinstance(key, tuple)
+        if key[0] == "embed":
+            return await self._flush_embeds(key[1], json.loads(key[2]), items, priority)
+        return await self._flush_infers(key[1], items, priority)
+
+    async def _flush_infers(self, model: str, calls: list[Call], priority: Priority) -> list[Any]:
+        g = self.group(split_model(model)[0])
+        cls: Any = g.provider_cls
+        opts = self._opts(priority, True, None, None)
+        if len(calls) == 1:  # nobody to share with: the plain single call
+            return [await self.executor.run(g.sched, calls[0], g.backend, opts)]
+        merged = cls.coalesce(calls)
+        try:
+            batch = await self.executor.run(g.sched, merged, g.backend, opts)
+        except BadRequest:
+            if len(calls) == 1:
+                raise
+            return list(await asyncio.gather(
+                *(self.executor.run(g.sched, c, g.backend, opts) for c in calls), return_exceptions=True
+            ))
+        out: list[Any] = cls.uncoalesce(batch, calls)
+        for one in out:
+            one.info = batch.info
+        return out
 
     def storage(self, name: str = "s3") -> Any:
         """An object store whose endpoints share this client's core (see ``apimux.storage``)."""

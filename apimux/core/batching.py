@@ -2,7 +2,10 @@
 model and parameters coalesce into one upstream call.
 
 A batch is sent when it reaches the backend's limit or when the first item
-has waited ``window`` seconds, whichever comes first. The batcher knows
+has waited ``window`` seconds, whichever comes first. The window is a few
+milliseconds of real event-loop time, not the injected clock: it is a
+coalescing delay, not a policy a test needs to control, and a virtual clock
+that only moves when a test says so must not hold batches back. The batcher knows
 nothing about what an item is: ``flush`` turns a list of items into a list
 of per-item results (or exceptions), in order.
 """
@@ -14,7 +17,6 @@ from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from apimux.core.clock import Clock
 from apimux.types import Priority
 
 Flush = Callable[[Hashable, list[Any], Priority], Awaitable[Sequence[Any]]]
@@ -29,8 +31,7 @@ class _Batch:
 
 
 class MicroBatcher:
-    def __init__(self, clock: Clock, window: float, flush: Flush) -> None:
-        self.clock = clock
+    def __init__(self, window: float, flush: Flush) -> None:
         self.window = window
         self._flush = flush
         self._open: dict[Hashable, _Batch] = {}
@@ -53,7 +54,7 @@ class MicroBatcher:
         return await fut
 
     async def _after_window(self, key: Hashable, batch: _Batch) -> None:
-        await self.clock.sleep(self.window)
+        await asyncio.sleep(self.window)
         if self._open.get(key) is batch:
             batch.timer = None  # this task is the timer: don't let _send cancel it mid-way
             self._send(key, batch)

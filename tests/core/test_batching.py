@@ -74,3 +74,13 @@ async def test_a_list_longer_than_the_limit_is_split_and_reassembled(
     assert [len(q.json["input"]) for q in sim.requests] == [10, 10, 10, 5]
     assert r.vectors == [fake_vector(t) for t in texts]
     assert r.usage.prompt_tokens == 70
+
+
+async def test_single_infers_coalesce_into_batch_infer(clock: FakeClock) -> None:
+    from apimux.testing.llvm_sim import LLVMSim
+
+    with LLVMSim(clock=clock) as s:
+        async with AsyncClient([Endpoint("llvm", base_url=s.url)], clock=clock) as c:
+            results = await asyncio.gather(*(c.infer("llvm/echo", i) for i in range(10)))
+    assert [r["output"] for r in results] == list(range(10))
+    assert [r.path for r in s.requests] == ["/models/echo/batch_infer"]
