@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import threading
-import uuid
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -31,6 +30,7 @@ from apimux.core.limits import TokenBucket
 from apimux.core.pool import KeyState, Lease, Pool, Server
 from apimux.core.scheduler import GroupScheduler
 from apimux.core.stats import Stats
+from apimux.core.tracking import new_request_id
 from apimux.errors import ApimuxError, BadRequest, ConfigError
 from apimux.providers import registry
 from apimux.providers.base import Call, Provider
@@ -205,7 +205,7 @@ class AsyncClient:
         if not g.provider_cls.supports(op, stream):
             what = f"streaming {op}" if stream else op
             raise BadRequest(f"backend {g.backend!r} does not support {what}", backend=g.backend, model=model_name)
-        return g, Call(op, model_name, params, str(uuid.uuid4()), stream)
+        return g, Call(op, model_name, params, new_request_id(), stream)
 
     async def call(
         self, op: str, model: str, params: dict[str, Any], *,
@@ -214,8 +214,7 @@ class AsyncClient:
     ) -> Any:
         """Any operation a backend supports (``chat``, ``embed``, ``models``, ...)."""
         g, call = self._call(op, model, params)
-        provider = g.sched.pool.servers[0].provider
-        tokens = provider.estimate_tokens(call)
+        tokens = g.sched.pool.servers[0].provider.estimate_tokens(call) if g.sched.pool.uses_tpm else 1
         opts = self._opts(priority, wait, queue_timeout, max_retries)
         return await self.executor.run(g.sched, call, g.backend, opts, tokens=tokens)
 
@@ -226,7 +225,7 @@ class AsyncClient:
         """Run a non-HTTP attempt (storage, in-process work) under the same core."""
         name, model_name = split_model(model)
         g = self.group(name)
-        call = Call(op, model_name, {}, str(uuid.uuid4()))
+        call = Call(op, model_name, {}, new_request_id())
         result: T = await self.executor.run(
             g.sched, call, g.backend, self._opts(priority, True, None, None), attempt=attempt, tokens=tokens
         )
@@ -279,7 +278,7 @@ class AsyncClient:
     ) -> AsyncIterator[ChatChunk]:
         """Any streaming operation a backend supports."""
         g, call = self._call(op, model, params, stream=True)
-        tokens = g.sched.pool.servers[0].provider.estimate_tokens(call)
+        tokens = g.sched.pool.servers[0].provider.estimate_tokens(call) if g.sched.pool.uses_tpm else 1
         opts = self._opts(priority, wait, queue_timeout, max_retries)
         async for chunk in self.executor.stream(g.sched, call, g.backend, opts, tokens=tokens):
             yield chunk

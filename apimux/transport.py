@@ -115,8 +115,8 @@ class AiohttpTransport:
         kw: dict[str, Any] = {"headers": req.headers, "timeout": self._timeout(timeouts)}
         if req.json is not None:
             kw["data"] = json.dumps(req.json, separators=(",", ":")).encode()
-            if "content-type" not in {k.lower() for k in req.headers}:
-                req.headers["Content-Type"] = "application/json"
+            # Providers write header names in canonical case, so a plain lookup suffices.
+            req.headers.setdefault("Content-Type", "application/json")
         elif req.data is not None:
             kw["data"] = req.data
         if req.params:

@@ -98,6 +98,8 @@ class Pool:
         self.strategy = strategy
         self._rr = 0
         self._pairs = [(s, k) for s in servers for k in s.keys]
+        # Token estimates cost work on every call; only a tpm budget needs them.
+        self.uses_tpm = any(k.tpm is not None for _, k in self._pairs)
 
     def acquire(self, now: float, tokens: int, avoid: Server | None = None) -> Lease | Blocked:
         best: tuple[Server, KeyState] | None = None

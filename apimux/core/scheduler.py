@@ -95,6 +95,13 @@ class GroupScheduler:
     ) -> Lease:
         """Wait for a lease. A retry re-enters at the front of its level
         without taking a new queue place (it already waited once)."""
+        if not len(self.queue):
+            # Fast path: nobody is waiting, so a free slot goes to this caller now.
+            got = self.pool.acquire(self.clock.now(), tokens, avoid)
+            if not isinstance(got, Blocked):
+                return got
+            if got.circuit_open:
+                raise CircuitOpen(f"every server for {self.name!r} has an open circuit breaker")
         if not retry:
             await self._wait_for_place(wait, timeout)
         loop = asyncio.get_running_loop()
