@@ -39,6 +39,7 @@ class Fault:
     cut_stream_after: int | None = None  # drop the connection after N stream events
     error_type: str | None = None  # protocol-specific error kind (e.g. "overloaded")
     key: str | None = None  # only for requests made with this key
+    path: str | None = None  # only for requests whose path ends with this
 
 
 @dataclass
@@ -81,7 +82,7 @@ class Faults:
     def next_for(self, rec: Recorded) -> Fault | None:
         with self._lock:
             for i, f in enumerate(self._script):
-                if f.key is None or f.key == rec.key:
+                if (f.key is None or f.key == rec.key) and (f.path is None or rec.path.endswith(f.path)):
                     del self._script[i]
                     return f
             if self.error_rate and self._rand.random() < self.error_rate:

@@ -3,6 +3,7 @@ through AsyncClient against it, and the pure translation pieces."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import numpy as np
@@ -113,16 +114,30 @@ async def test_embed_vectors_usage_from_header_and_passthrough(tei: TEISim, cloc
         raw = await c.embed("tei/bge", "x y", normalize=False, truncate=True, dimensions=4)
     assert r.vectors == [pytest.approx(tei_vector("a b c", 16)), pytest.approx(tei_vector("d", 16))]
     assert r.usage.prompt_tokens == 4 and r.usage.completion_tokens == 0  # from x-compute-tokens
-    assert tei.requests[0].path == "/embed" and tei.requests[0].json == {"inputs": ["a b c", "d"]}
-    assert tei.requests[1].json == {"inputs": ["x y"], "normalize": False, "truncate": True, "dimensions": 4}
+    assert [r.path for r in tei.requests] == ["/info", "/embed", "/embed"]  # the batch limit is read once
+    embeds = tei.requests_to("/embed")
+    assert embeds[0].json == {"inputs": ["a b c", "d"]}
+    assert embeds[1].json == {"inputs": ["x y"], "normalize": False, "truncate": True, "dimensions": 4}
     assert raw.vectors[0] == pytest.approx(tei_vector("x y", 16, normalize=False, keep=4))
+
+
+async def test_a_list_over_the_servers_batch_limit_is_split_in_order(clock: FakeClock) -> None:
+    with TEISim(max_client_batch_size=4, clock=clock) as s:
+        texts = [f"text {i}" for i in range(10)]
+        async with client(s, clock) as c:
+            r = await c.embed("tei/bge", texts)
+            singles = await asyncio.gather(*(c.embed("tei/bge", t) for t in texts))
+    assert r.vectors == [pytest.approx(tei_vector(t, 16)) for t in texts]
+    assert [len(q.json["inputs"]) for q in s.requests_to("/embed")] == [4, 4, 2, 4, 4, 2]
+    assert [x.vectors[0] for x in singles] == r.vectors  # coalesced, each caller its own vector
 
 
 async def test_embed_takes_the_list_as_given_and_tei_refuses_too_many(tei: TEISim, clock: FakeClock) -> None:
     async with client(tei, clock) as c:
         with pytest.raises(BadRequest, match="maximum allowed batch size 4") as info:
-            await c.embed("tei/bge", ["t"] * 5)
-    assert info.value.status == 413 and info.value.attempts == 1 and len(tei.requests) == 1
+            # c.call bypasses the client's splitting: the adapter sends what it is given
+            await c.call("embed", "tei/bge", {"input": ["t"] * 5})
+    assert info.value.status == 413 and info.value.attempts == 1 and len(tei.requests_to("/embed")) == 1
     assert "max_client_batch_size" in info.value.message  # names the limit, and the server's words
     assert TEIProvider.batch_limits == {"embed": 32}
 
@@ -131,23 +146,25 @@ async def test_input_too_long_and_422_are_bad_requests_never_retried(tei: TEISim
     async with client(tei, clock) as c:
         with pytest.raises(BadRequest, match=r"less than 8 tokens\. Given: 9"):
             await c.embed("tei/bge", "one two three four five six seven eight nine")
-        tei.faults.script(Fault(status=422, message="Tokenization error: bad input"))
+        tei.faults.script(Fault(status=422, message="Tokenization error: bad input", path="/embed"))
         with pytest.raises(BadRequest, match="Tokenization error") as tok:
             await c.embed("tei/bge", "x")
-    assert tok.value.status == 422 and len(tei.requests) == 2 and clock.sleeps == []
+    assert tok.value.status == 422 and len(tei.requests_to("/embed")) == 2 and clock.sleeps == []
 
 
 async def test_overloaded_429_is_retried_after_the_servers_delay(tei: TEISim, clock: FakeClock) -> None:
-    tei.faults.script(Fault(status=429, retry_after=2, message="Model is overloaded"), Fault(status=429))
+    tei.faults.script(
+        Fault(status=429, retry_after=2, message="Model is overloaded", path="/embed"), Fault(status=429, path="/embed")
+    )
     async with client(tei, clock, settings=Settings(retry=RetrySettings(jitter=0))) as c:
         r = await c.embed("tei/bge", "x")
     assert r.vectors[0] == pytest.approx(tei_vector("x", 16))
-    assert r.info.attempts == 3 and len(tei.requests) == 3
+    assert r.info.attempts == 3 and len(tei.requests_to("/embed")) == 3
     assert 2 in clock.sleeps  # the server's retry-after, honoured on virtual time
 
 
 async def test_malformed_body_and_5xx_are_retried(tei: TEISim, clock: FakeClock) -> None:
-    tei.faults.script(Fault(malformed=True), Fault(status=500))
+    tei.faults.script(Fault(malformed=True, path="/embed"), Fault(status=500, path="/embed"))
     async with client(tei, clock) as c:
         r = await c.embed("tei/bge", "x")
     assert len(r.vectors) == 1 and r.info.attempts == 3
@@ -163,7 +180,7 @@ async def test_424_backend_error_is_not_retried(tei: TEISim, clock: FakeClock) -
 async def test_breaker_opens_on_repeated_503(tei: TEISim) -> None:
     clock = FakeClock(autojump=False)
     settings = Settings(retry=RetrySettings(max_retries=0), breaker_threshold=3, breaker_recovery=30)
-    tei.faults.script(*[Fault(status=503, message="unhealthy") for _ in range(3)])
+    tei.faults.script(*[Fault(status=503, message="unhealthy", path="/embed") for _ in range(3)])
     async with client(tei, clock, settings=settings) as c:
         for _ in range(3):
             with pytest.raises(UpstreamError) as info:
@@ -171,7 +188,7 @@ async def test_breaker_opens_on_repeated_503(tei: TEISim) -> None:
             assert info.value.status == 503 and info.value.retryable
         with pytest.raises(CircuitOpen):
             await c.embed("tei/bge", "x")
-        assert len(tei.requests) == 3
+        assert len(tei.requests_to("/embed")) == 3
         clock.advance(30)
         assert (await c.embed("tei/bge", "x")).vectors  # the half-open probe succeeds
 
