@@ -30,7 +30,7 @@ lint: install-dev
 test: install-dev
 	$(BIN)/ruff check apimux tests bench
 	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -q
 
 bench: install-dev
 	$(BIN)/python bench/bench_openai.py
