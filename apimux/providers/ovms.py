@@ -9,6 +9,11 @@
 Tensor ops: ``infer`` (name -> numpy arrays in and out), ``ready`` (server or
 model readiness -> bool), ``metadata`` (model metadata dict, in the KServe
 shape on both faces) and ``model_status`` (TF Serving version states).
+
+TF Serving JSON carries no dtypes: pass ``metadata=`` (from the "metadata" op)
+to get outputs in the declared dtypes, else numpy's defaults (int64/float64).
+A single output comes back unnamed; it is keyed by the one name in
+``outputs=``/metadata, else by the wire key ("outputs" or "predictions").
 """
 
 from __future__ import annotations
