@@ -92,7 +92,7 @@ class S3Provider(Provider):
         itself, which every S3-compatible service understands)."""
         ep = self.endpoint
         return {
-            "retries": {"max_attempts": 1, "mode": "standard"},
+            "retries": {"total_max_attempts": 1, "mode": "standard"},
             "connect_timeout": ep.connect_timeout,
             "read_timeout": ep.read_timeout or ep.timeout,
             "max_pool_connections": max(10, ep.max_concurrent),

@@ -414,11 +414,15 @@ class S3Storage:
 
     async def _part_size(self, s3: Any, bucket: str, key: str, etag: str) -> int | None:
         """The part size of a multipart object (from part 1), or None if the
-        service will not say; then the download is checked by length only."""
+        service will not say; then the download is checked by length only.
+
+        No If-Match here: some services (moto) compare it with the part's
+        ETag. An object replaced between the GET and this HEAD shows up as a
+        checksum mismatch, which is retried and then reads one version."""
         from botocore.exceptions import ClientError
 
         try:
-            head = await s3.head_object(Bucket=bucket, Key=key, PartNumber=1, IfMatch=f'"{etag}"')
+            head = await s3.head_object(Bucket=bucket, Key=key, PartNumber=1)
         except ClientError:
             return None
         count = head.get("PartsCount")
