@@ -12,8 +12,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from apimux import Endpoint
-from apimux.testing import AnthropicSim, GeminiSim, OpenAISim, Recorded, SimServer
-from apimux.testing import OllamaSim, OpeaSim, TGISim
+from apimux.testing import (
+    AnthropicSim,
+    GeminiSim,
+    OllamaSim,
+    OpeaSim,
+    OpenAISim,
+    OVMSSim,
+    Recorded,
+    SimServer,
+    TGISim,
+)
 
 
 @dataclass
@@ -55,4 +64,6 @@ CHAT_CASES: list[ChatCase] = [
              keyed=False),
     ChatCase("hf_tgi", TGISim, lambda sim, keys: Endpoint("hf_tgi", base_url=sim.url, api_keys=keys), _openai_system),
     ChatCase("opea", OpeaSim, lambda sim, keys: Endpoint("opea", base_url=sim.url, api_keys=keys), _openai_system),
+    # OpenVINO Model Server's OpenAI-compatible /v3 routes, through the "ovms" backend.
+    ChatCase("ovms", OVMSSim, lambda sim, keys: Endpoint("ovms", base_url=sim.url, api_keys=keys), _openai_system),
 ]
