@@ -24,8 +24,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from apimux.core.breaker import BreakerState
 from apimux.core.pool import KeyState, Lease, Server
-from apimux.errors import ApimuxError, BadRequest, CircuitOpen, ConfigError, ConnectionFailed, UpstreamError
+from apimux.errors import (
+    ApimuxError,
+    BadRequest,
+    CircuitOpen,
+    ConfigError,
+    ConnectionFailed,
+    NotFound,
+    UpstreamError,
+)
 from apimux.storage.errors import map_exception
 from apimux.storage.files import ETagHasher, Source, b64, clean_etag, multipart_etag
 from apimux.types import Priority
@@ -205,7 +214,11 @@ class S3Storage:
 
         async def go(s3: Any) -> bytes:
             out = bytearray()
-            await self._read_object(s3, bucket, key, out.extend)
+
+            async def add(chunk: bytes) -> None:
+                out.extend(chunk)
+
+            await self._read_object(s3, bucket, key, add)
             return bytes(out)
 
         return await self._run(bucket, "get", go)
@@ -219,8 +232,6 @@ class S3Storage:
         return await self._run(bucket, "head", go)
 
     async def exists(self, path: str) -> bool:
-        from apimux.errors import NotFound
-
         try:
             await self.head(path)
         except NotFound:
@@ -268,7 +279,7 @@ class S3Storage:
             raise BadRequest("presign expires must be between 1 second and 7 days")
         pool = self._client.group(self.name).sched.pool
         now = self._client.clock.now()
-        pairs = [(s, k) for s in pool.servers if s.breaker.current(now).value == "closed" for k in s.keys]
+        pairs = [(s, k) for s in pool.servers if s.breaker.current(now) is BreakerState.CLOSED for k in s.keys]
         if not pairs:
             raise CircuitOpen(f"every S3 endpoint of {self.name!r} has an open circuit breaker", backend="s3")
         server, cred = pairs[self._presign_rr % len(pairs)]
@@ -376,9 +387,13 @@ class S3Storage:
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
             try:
                 with os.fdopen(fd, "wb") as f:
-                    info = await self._read_object(s3, bucket, key, f.write)
+
+                    async def put(chunk: bytes) -> None:
+                        await asyncio.to_thread(f.write, chunk)  # disk writes off the event loop
+
+                    info = await self._read_object(s3, bucket, key, put)
                     f.flush()
-                    os.fsync(f.fileno())
+                    await asyncio.to_thread(os.fsync, f.fileno())  # durable before the rename
                 os.replace(tmp, target)
             except BaseException:
                 with contextlib.suppress(FileNotFoundError):
@@ -388,7 +403,9 @@ class S3Storage:
 
         return await self._run(bucket, "download", go)
 
-    async def _read_object(self, s3: Any, bucket: str, key: str, write: Callable[[bytes], object]) -> ObjectInfo:
+    async def _read_object(
+        self, s3: Any, bucket: str, key: str, write: Callable[[bytes], Awaitable[None]]
+    ) -> ObjectInfo:
         """GET an object into ``write`` chunk by chunk, verifying length and ETag."""
         resp = await s3.get_object(Bucket=bucket, Key=key)
         body = resp["Body"]
@@ -399,7 +416,7 @@ class S3Storage:
             hasher = ETagHasher(part_size)
             while chunk := await body.read(self.chunk_size):
                 hasher.update(chunk)
-                write(chunk)
+                await write(chunk)
         finally:
             body.close()
         expected_size = resp.get("ContentLength")
