@@ -136,6 +136,7 @@ class AsyncClient:
             self.clock, self.settings.retry, self._stats, send_request_id=self.settings.send_request_id, cost=cost
         )
         self._groups: dict[str, Group] = {}
+        self._stores: list[Any] = []
         self._batcher = MicroBatcher(self.settings.batch_window, self._flush)
 
     # ---- groups -------------------------------------------------------------
@@ -415,7 +416,9 @@ class AsyncClient:
         """An object store whose endpoints share this client's core (see ``apimux.storage``)."""
         from apimux.storage import open_storage
 
-        return open_storage(self, name)
+        store = open_storage(self, name)
+        self._stores.append(store)  # closed with the client
+        return store
 
     async def models(self, backend: str) -> list[ModelInfo]:
         result: list[ModelInfo] = await self.call("models", f"{backend}/-", {})
@@ -459,6 +462,8 @@ class AsyncClient:
 
     async def close(self) -> None:
         await self._batcher.close()
+        for store in self._stores:
+            await store.close()
         for g in self._groups.values():
             g.sched.close()
         for t in [self._transport, *self._own_transports]:

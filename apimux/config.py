@@ -20,9 +20,15 @@ KEY_STRATEGIES = ("round_robin", "least_loaded")
 
 
 def mask_key(key: str | None) -> str:
-    """``sk-proj-abcdef123456`` -> ``sk-p…3456``; short keys show nothing."""
+    """``sk-proj-abcdef123456`` -> ``sk-p…3456``; short keys show nothing.
+
+    A compound credential ``ACCESS:SECRET[:TOKEN]`` (S3) shows only its
+    masked first part: no character of the secret is ever printed.
+    """
     if not key:
         return "-"
+    if ":" in key:
+        return mask_key(key.split(":", 1)[0]) + ":…"
     if len(key) < 12:
         return "…" + key[-2:] if len(key) > 6 else "…"
     return f"{key[:4]}…{key[-4:]}"

@@ -16,6 +16,7 @@ def test_mask_key_never_shows_the_middle() -> None:
     assert mask_key(SECRET) == "sk-p…1234"
     assert mask_key("short") == "…"
     assert mask_key(None) == "-"
+    assert mask_key("AKIAIOSFODNN7EXAMPLE:wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY") == "AKIA…MPLE:…"
 
 
 def test_endpoint_repr_and_label_hide_keys() -> None:
