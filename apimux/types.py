@@ -70,8 +70,11 @@ class CallInfo:
     backend: str = ""
     endpoint: str = ""  # masked
     attempts: int = 0
-    latency: float = 0.0
-    queue_wait: float = 0.0
+    latency: float = 0.0  # seconds from submission to answer
+    queue_wait: float = 0.0  # seconds waiting for the first lease
+    queued_at: float = 0.0  # unix times: submitted, each attempt sent, answered
+    attempt_times: list[float] = field(default_factory=list)
+    finished_at: float = 0.0
 
 
 @dataclass(slots=True)

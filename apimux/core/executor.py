@@ -78,7 +78,7 @@ class Executor:
         attempt: Attempt | None = None,
         tokens: int = 1,
     ) -> Any:
-        info = CallInfo(request_id=call.request_id, backend=backend)
+        info = CallInfo(request_id=call.request_id, backend=backend, queued_at=self.clock.wall())
         start = self.clock.now()
         tries = 0
         avoid = None
@@ -106,6 +106,7 @@ class Executor:
             usage = getattr(result, "usage", None)
             self._succeeded(sched, lease, series, usage, sent, backend, call.model)
             info.latency = self.clock.now() - start
+            info.finished_at = self.clock.wall()
             if hasattr(result, "info"):
                 result.info = info
             return result
@@ -116,7 +117,7 @@ class Executor:
     ) -> AsyncIterator[ChatChunk]:
         """Retries only before the first chunk reaches the caller; after that a
         failure is ``StreamInterrupted`` (the caller already holds partial text)."""
-        info = CallInfo(request_id=call.request_id, backend=backend)
+        info = CallInfo(request_id=call.request_id, backend=backend, queued_at=self.clock.wall())
         start = self.clock.now()
         tries = 0
         avoid = None
@@ -158,6 +159,7 @@ class Executor:
                 raise
             self._succeeded(sched, lease, series, usage, sent, backend, call.model)
             info.latency = self.clock.now() - start
+            info.finished_at = self.clock.wall()
             return
 
     async def _stream_attempt(self, lease: Lease, call: Any) -> AsyncIterator[ChatChunk]:
@@ -200,6 +202,7 @@ class Executor:
             series.retries += 1
         info.attempts = tries + 1
         info.endpoint = lease.key.label
+        info.attempt_times.append(self.clock.wall())
         return series
 
     def _failed(

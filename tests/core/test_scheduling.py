@@ -109,6 +109,8 @@ async def test_all_keys_limited_waits_for_the_server_delay(sim: OpenAISim, clock
     async with client_for(sim, clock) as c:
         r = await c.chat(MODEL, msg("patience"))
     assert r.info.attempts == 2
+    # The call's timeline: queued, each attempt sent, answered (wall clock).
+    assert r.info.queued_at <= r.info.attempt_times[0] < r.info.attempt_times[1] - 6.9 <= r.info.finished_at
     assert sim.requests[1].at - sim.requests[0].at >= 7
 
 
