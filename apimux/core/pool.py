@@ -123,6 +123,9 @@ class Pool:
                 continue
             avoided = 1.0 if server is avoid else 0.0
             if self.strategy == "round_robin":
+                if not avoided:  # the first ready key after the last one used: done
+                    best, best_idx = (server, key), idx
+                    break
                 rank: tuple[float, ...] = (avoided, float(i))
             else:
                 rank = (avoided, float(key.in_flight), key.last_used, float(i))
