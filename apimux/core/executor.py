@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from apimux.core.clock import Clock
-from apimux.core.pool import Lease, Pool
+from apimux.core.pool import Lease, Pool, Server
 from apimux.core.retry import RetrySettings, decide, is_upstream_failure
 from apimux.core.scheduler import GroupScheduler
 from apimux.core.stats import Series, Stats
@@ -32,6 +32,14 @@ class CallOptions:
     wait: bool = True  # wait for queue space (False: QueueFull at once)
     queue_timeout: float | None = None
     max_retries: int | None = None
+
+
+@dataclass(slots=True)
+class _Progress:
+    info: CallInfo
+    start: float
+    tries: int = 0
+    avoid: Server | None = None
 
 
 class Executor:
@@ -78,37 +86,23 @@ class Executor:
         attempt: Attempt | None = None,
         tokens: int = 1,
     ) -> Any:
-        info = CallInfo(request_id=call.request_id, backend=backend, queued_at=self.clock.wall())
-        start = self.clock.now()
-        tries = 0
-        avoid = None
+        p = self._progress(call, backend)
         while True:
-            lease = await self._acquire(sched, call, backend, opts, tokens, tries, avoid)
-            series = self._begin(lease, backend, call.model, tries, info)
-            if tries == 0:
-                info.queue_wait = self.clock.now() - start
-                series.queue_wait.append(info.queue_wait)
+            lease, series = await self._next_lease(p, sched, call, backend, opts, tokens)
             sent = self.clock.now()
             try:
                 result = await (attempt(lease) if attempt else self.http_attempt(lease, call))
             except ApimuxError as err:
-                delay = self._failed(sched, lease, series, err, call, backend, tries, opts)
-                if delay is None:
-                    raise
-                tries += 1
-                avoid = lease.server if is_upstream_failure(err) else None
-                if delay > 0:
-                    await self.clock.sleep(delay)
-                continue
+                if await self._after_failure(p, sched, lease, series, err, call, backend, opts):
+                    continue
+                raise
             except BaseException:
                 self._neutral(sched, lease)
                 raise
-            usage = getattr(result, "usage", None)
-            self._succeeded(sched, lease, series, usage, sent, backend, call.model)
-            info.latency = self.clock.now() - start
-            info.finished_at = self.clock.wall()
+            self._succeeded(sched, lease, series, getattr(result, "usage", None), sent, backend, call.model)
+            self._finish(p)
             if hasattr(result, "info"):
-                result.info = info
+                result.info = p.info
             return result
 
     # ---- streams -----------------------------------------------------------
@@ -117,16 +111,9 @@ class Executor:
     ) -> AsyncIterator[ChatChunk]:
         """Retries only before the first chunk reaches the caller; after that a
         failure is ``StreamInterrupted`` (the caller already holds partial text)."""
-        info = CallInfo(request_id=call.request_id, backend=backend, queued_at=self.clock.wall())
-        start = self.clock.now()
-        tries = 0
-        avoid = None
+        p = self._progress(call, backend)
         while True:
-            lease = await self._acquire(sched, call, backend, opts, tokens, tries, avoid)
-            series = self._begin(lease, backend, call.model, tries, info)
-            if tries == 0:
-                info.queue_wait = self.clock.now() - start
-                series.queue_wait.append(info.queue_wait)
+            lease, series = await self._next_lease(p, sched, call, backend, opts, tokens)
             sent = self.clock.now()
             delivered = False
             usage: Usage | None = None
@@ -145,22 +132,50 @@ class Executor:
                         backend=backend, endpoint=lease.key.label, model=call.model,
                         request_id=call.request_id, status=err.status,
                     ) from err
-                delay = self._failed(sched, lease, series, err, call, backend, tries, opts)
-                if delay is None:
-                    raise
-                tries += 1
-                avoid = lease.server if is_upstream_failure(err) else None
-                if delay > 0:
-                    await self.clock.sleep(delay)
-                continue
+                if await self._after_failure(p, sched, lease, series, err, call, backend, opts):
+                    continue
+                raise
             except BaseException:
                 # The caller stopped reading or was cancelled: no verdict on the server.
                 self._neutral(sched, lease)
                 raise
             self._succeeded(sched, lease, series, usage, sent, backend, call.model)
-            info.latency = self.clock.now() - start
-            info.finished_at = self.clock.wall()
+            self._finish(p)
             return
+
+    # ---- one call's progress through its attempts -----------------------------
+    def _progress(self, call: Any, backend: str) -> _Progress:
+        info = CallInfo(request_id=call.request_id, backend=backend, queued_at=self.clock.wall())
+        return _Progress(info, self.clock.now())
+
+    async def _next_lease(
+        self, p: _Progress, sched: GroupScheduler, call: Any, backend: str, opts: CallOptions, tokens: int
+    ) -> tuple[Lease, Series]:
+        lease = await self._acquire(sched, call, backend, opts, tokens, p.tries, p.avoid)
+        series = self._begin(lease, backend, call.model, p.tries, p.info)
+        if p.tries == 0:
+            p.info.queue_wait = self.clock.now() - p.start
+            series.queue_wait.append(p.info.queue_wait)
+        return lease, series
+
+    async def _after_failure(
+        self, p: _Progress, sched: GroupScheduler, lease: Lease, series: Series, err: ApimuxError,
+        call: Any, backend: str, opts: CallOptions,
+    ) -> bool:
+        """Record the failure; wait out the policy's delay and say whether to try again."""
+        delay = self._failed(sched, lease, series, err, call, backend, p.tries, opts)
+        if delay is None:
+            return False
+        p.tries += 1
+        # After a server fault, prefer another server of the group for the retry.
+        p.avoid = lease.server if is_upstream_failure(err) else None
+        if delay > 0:
+            await self.clock.sleep(delay)
+        return True
+
+    def _finish(self, p: _Progress) -> None:
+        p.info.latency = self.clock.now() - p.start
+        p.info.finished_at = self.clock.wall()
 
     async def _stream_attempt(self, lease: Lease, call: Any) -> AsyncIterator[ChatChunk]:
         server = lease.server
