@@ -29,6 +29,7 @@ from apimux.errors import (
     error_for_status,
 )
 from apimux.providers.base import Call, Provider, error_message, load_json, safe_json
+from apimux.providers.messages import SYSTEM_ROLES, data_url, image_url_of, system_text, text_of, tool_arguments
 from apimux.providers.registry import register
 from apimux.providers.streams import SSEDecoder, SSEEvent
 from apimux.transport import HttpRequest, HttpResponse
@@ -76,22 +77,10 @@ _TRANSLATED = frozenset(
 
 
 # ---- request translation (pure functions) --------------------------------
-def text_of(content: Any) -> str:
-    """The text of an OpenAI content value (a string or a list of parts)."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return "".join(p.get("text", "") for p in content if isinstance(p, Mapping) and p.get("type") == "text")
-
-
 def image_block(url: str) -> dict[str, Any]:
     """An OpenAI ``image_url`` -> an Anthropic ``image`` block (base64 or URL source)."""
     if url.startswith("data:"):
-        head, _, data = url.partition(",")
-        media_type = head[5:].split(";")[0] or "image/png"
-        if ";base64" not in head:
-            raise BadRequest("image data URLs must be base64-encoded (data:<type>;base64,...)")
+        media_type, data = data_url(url)
         return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
     return {"type": "image", "source": {"type": "url", "url": url}}
 
@@ -108,23 +97,10 @@ def content_blocks(content: Any) -> list[dict[str, Any]]:
         if kind == "text":
             blocks.append({"type": "text", "text": part.get("text", "")})
         elif kind == "image_url":
-            image = part.get("image_url")
-            url = image.get("url", "") if isinstance(image, Mapping) else str(image or "")
-            blocks.append(image_block(url))
+            blocks.append(image_block(image_url_of(part)))
         else:  # already an Anthropic block (image, document, tool_result, ...)
             blocks.append(dict(part))
     return blocks
-
-
-def _parse_arguments(arguments: Any) -> Any:
-    if isinstance(arguments, Mapping):
-        return dict(arguments)
-    if not arguments:
-        return {}
-    try:
-        return json.loads(arguments)
-    except ValueError:
-        raise BadRequest(f"tool call arguments are not JSON: {str(arguments)[:120]!r}") from None
 
 
 def convert_messages(messages: list[Message]) -> tuple[str | None, list[dict[str, Any]]]:
@@ -133,13 +109,11 @@ def convert_messages(messages: list[Message]) -> tuple[str | None, list[dict[str
     Consecutive turns of one role are merged: tool results for parallel calls
     must share one user turn, right after the assistant's ``tool_use`` turn.
     """
-    system: list[str] = []
     out: list[dict[str, Any]] = []
     for m in messages:
         role = m.get("role")
-        if role in ("system", "developer"):
-            system.append(text_of(m.get("content")))
-            continue
+        if role in SYSTEM_ROLES:
+            continue  # read by system_text
         if role == "tool":
             result = m.get("content")
             block: dict[str, Any] = {
@@ -158,7 +132,7 @@ def convert_messages(messages: list[Message]) -> tuple[str | None, list[dict[str
                         "type": "tool_use",
                         "id": tc.get("id", ""),
                         "name": fn.get("name", ""),
-                        "input": _parse_arguments(fn.get("arguments")),
+                        "input": tool_arguments(fn.get("arguments")),
                     }
                 )
             _append(out, "assistant", blocks)
@@ -167,7 +141,7 @@ def convert_messages(messages: list[Message]) -> tuple[str | None, list[dict[str
             raise BadRequest(f"anthropic has no message role {role!r}")
         content = m.get("content")
         _append(out, "user", content if isinstance(content, str) else content_blocks(content))
-    return ("\n\n".join(s for s in system if s) or None), out
+    return (system_text(messages) or None), out
 
 
 def _append(out: list[dict[str, Any]], role: str, content: str | list[dict[str, Any]]) -> None:

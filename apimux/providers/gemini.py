@@ -30,6 +30,7 @@ from apimux.errors import (
     error_for_status,
 )
 from apimux.providers.base import Call, Provider, error_message, load_json, safe_json
+from apimux.providers.messages import SYSTEM_ROLES, data_url, image_url_of, system_text, text_of, tool_arguments
 from apimux.providers.registry import register
 from apimux.providers.streams import SSEDecoder, SSEEvent
 from apimux.transport import HttpRequest, HttpResponse
@@ -85,21 +86,11 @@ def model_path(model: str) -> str:
     return model if "/" in model else f"models/{model}"
 
 
-def text_of(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return "".join(p.get("text", "") for p in content if isinstance(p, Mapping) and p.get("type") == "text")
-
-
 def image_part(url: str) -> dict[str, Any]:
     """OpenAI ``image_url`` -> ``inlineData`` (data URL) or ``fileData`` (a URI)."""
     if url.startswith("data:"):
-        head, _, data = url.partition(",")
-        if ";base64" not in head:
-            raise BadRequest("image data URLs must be base64-encoded (data:<type>;base64,...)")
-        return {"inlineData": {"mimeType": head[5:].split(";")[0] or "image/png", "data": data}}
+        media_type, data = data_url(url)
+        return {"inlineData": {"mimeType": media_type, "data": data}}
     mime = mimetypes.guess_type(url.split("?")[0])[0] or "image/jpeg"
     return {"fileData": {"mimeType": mime, "fileUri": url}}
 
@@ -115,8 +106,7 @@ def parts_of(content: Any) -> list[dict[str, Any]]:
         if kind == "text":
             parts.append({"text": part.get("text", "")})
         elif kind == "image_url":
-            image = part.get("image_url")
-            parts.append(image_part(image.get("url", "") if isinstance(image, Mapping) else str(image or "")))
+            parts.append(image_part(image_url_of(part)))
         elif kind is None:
             parts.append(dict(part))  # already a Gemini part
         else:
@@ -125,14 +115,8 @@ def parts_of(content: Any) -> list[dict[str, Any]]:
 
 
 def _args(arguments: Any) -> dict[str, Any]:
-    if isinstance(arguments, Mapping):
-        return dict(arguments)
-    if not arguments:
-        return {}
-    try:
-        value = json.loads(arguments)
-    except ValueError:
-        raise BadRequest(f"tool call arguments are not JSON: {str(arguments)[:120]!r}") from None
+    """``functionCall.args`` must be an object; wrap anything else."""
+    value = tool_arguments(arguments)
     return value if isinstance(value, dict) else {"value": value}
 
 
@@ -153,14 +137,13 @@ def convert_messages(messages: list[Message]) -> tuple[dict[str, Any] | None, li
     found from the assistant turn that made the call. Consecutive turns of
     one role are merged (parallel function responses share one turn).
     """
-    system: list[str] = []
     contents: list[dict[str, Any]] = []
     names: dict[str, str] = {}
     for m in messages:
         role = m.get("role")
-        if role in ("system", "developer"):
-            system.append(text_of(m.get("content")))
-        elif role == "user":
+        if role in SYSTEM_ROLES:
+            continue  # read by system_text
+        if role == "user":
             _append(contents, "user", parts_of(m.get("content")))
         elif role == "assistant":
             parts = parts_of(m.get("content"))
@@ -176,7 +159,7 @@ def convert_messages(messages: list[Message]) -> tuple[dict[str, Any] | None, li
             _append(contents, "user", [{"functionResponse": {"name": name, "response": response}}])
         else:
             raise BadRequest(f"gemini has no message role {role!r}")
-    text = "\n\n".join(s for s in system if s)
+    text = system_text(messages)
     return ({"parts": [{"text": text}]} if text else None), contents
 
 

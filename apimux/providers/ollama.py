@@ -25,6 +25,7 @@ from apimux.errors import (
     error_for_status,
 )
 from apimux.providers.base import Call, Provider, error_message, load_json, safe_json
+from apimux.providers.messages import image_url_of
 from apimux.providers.registry import register
 from apimux.providers.streams import NDJSONDecoder
 from apimux.transport import HttpRequest, HttpResponse
@@ -113,8 +114,7 @@ def message_to_ollama(m: dict[str, Any], tool_names: dict[str, str]) -> dict[str
             if kind == "text":
                 texts.append(str(part.get("text", "")))
             elif kind == "image_url":
-                iu = part.get("image_url")
-                images.append(image_from_url(iu.get("url", "") if isinstance(iu, dict) else str(iu)))
+                images.append(image_from_url(image_url_of(part)))
             else:
                 raise BadRequest(f"ollama cannot take a {kind!r} content part")
         out["content"] = "\n".join(texts)
