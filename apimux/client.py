@@ -373,7 +373,7 @@ class AsyncClient:
         params["inputs"] = inputs
         name, _ = split_model(model)
         g = self.group(name)
-        keyer = getattr(g.provider_cls, "coalesce_key", None)
+        keyer = getattr(g.sched.pool.servers[0].provider, "coalesce_key", None)
         if keyer is not None and self.settings.batch_window > 0:
             _, call = self._call("infer", model, params)
             key = keyer(call)
@@ -394,11 +394,11 @@ class AsyncClient:
 
     async def _flush_infers(self, model: str, calls: list[Call], priority: Priority) -> list[Any]:
         g = self.group(split_model(model)[0])
-        cls: Any = g.provider_cls
+        provider: Any = g.sched.pool.servers[0].provider  # its coalesce/uncoalesce hooks
         opts = self._opts(priority, True, None, None)
         if len(calls) == 1:  # nobody to share with: the plain single call
             return [await self.executor.run(g.sched, calls[0], g.backend, opts)]
-        merged = cls.coalesce(calls)
+        merged = provider.coalesce(calls)
         try:
             batch = await self.executor.run(g.sched, merged, g.backend, opts)
         except BadRequest:
@@ -407,7 +407,7 @@ class AsyncClient:
             return list(await asyncio.gather(
                 *(self.executor.run(g.sched, c, g.backend, opts) for c in calls), return_exceptions=True
             ))
-        out: list[Any] = cls.uncoalesce(batch, calls)
+        out: list[Any] = provider.uncoalesce(batch, calls)
         for one in out:
             one.info = batch.info
         return out

@@ -19,8 +19,8 @@ A single output comes back unnamed; it is keyed by the one name in
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Hashable, Mapping
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 import numpy as np
@@ -49,6 +49,7 @@ class OVMSProvider(OpenAIProvider):
     env_base_url = ("OVMS_API_URL",)
     default_base_url = "http://localhost:8000"
     needs_key = False
+    batch_limits: ClassVar[dict[str, int]] = {"embed": 2048, "infer": 32}
 
     def __init__(self, endpoint: Any) -> None:
         super().__init__(endpoint)
@@ -101,6 +102,50 @@ class OVMSProvider(OpenAIProvider):
             body["parameters"] = dict(p["parameters"])
         url = self.root(self._model_path("/v2", call, p.get("version")) + "/infer")
         return HttpRequest("POST", url, self.headers(key), json=body)
+
+    # ---- micro-batching of single infers (used by the core's batcher) --------
+    def coalesce_key(self, call: Call) -> Hashable | None:
+        """Infers may share one request only when the caller's ``metadata=``
+        declares a dynamic batch dimension (-1 first) on every input and
+        output: then stacking along axis 0 and splitting the outputs back is
+        exactly what the model would compute one by one."""
+        p = call.params
+        meta = p.get("metadata") or p.get("expect")
+        inputs = p.get("inputs")
+        if call.op != "infer" or self.face != "kserve" or p.get("parameters") or not isinstance(meta, Mapping):
+            return None
+        if not isinstance(inputs, Mapping) or not all(isinstance(a, np.ndarray) and a.ndim for a in inputs.values()):
+            return None
+        specs = list(meta.get("inputs") or ()) + list(meta.get("outputs") or ())
+        if not specs or any((s.get("shape") or [0])[0] != -1 for s in specs):
+            return None
+        if len({a.shape[0] for a in inputs.values()}) != 1:
+            return None
+        layout = tuple(sorted((n, a.dtype.str, a.shape[1:]) for n, a in inputs.items()))
+        outputs = tuple(p.get("outputs") or ())
+        return (call.model, str(p.get("version") or ""), outputs, layout, json.dumps(meta, sort_keys=True))
+
+    @staticmethod
+    def coalesce(calls: list[Call]) -> Call:
+        """One infer whose inputs are every call's inputs stacked along axis 0, in order."""
+        first = calls[0]
+        names = list(first.params["inputs"])
+        stacked = {n: np.concatenate([c.params["inputs"][n] for c in calls], axis=0) for n in names}
+        return Call("infer", first.model, {**first.params, "inputs": stacked}, first.request_id)
+
+    @staticmethod
+    def uncoalesce(response: InferResponse, calls: list[Call]) -> list[InferResponse]:
+        """Split every output back along axis 0 by each call's batch size."""
+        sizes = [next(iter(c.params["inputs"].values())).shape[0] for c in calls]
+        total = sum(sizes)
+        cuts = np.cumsum(sizes)[:-1]
+        parts: list[dict[str, Any]] = [{} for _ in calls]
+        for name, arr in response.items():
+            if not isinstance(arr, np.ndarray) or not arr.ndim or arr.shape[0] != total:
+                raise UpstreamError(f"ovms output {name!r} does not have the batch's {total} rows to split")
+            for i, piece in enumerate(np.split(arr, cuts, axis=0)):
+                parts[i][name] = piece
+        return [InferResponse(out, model=response.model, raw=response.raw) for out in parts]
 
     def _tfs_predict(self, call: Call, key: str | None, inputs: dict[str, np.ndarray]) -> HttpRequest:
         fmt = call.params.get("format", "columnar")

@@ -54,8 +54,17 @@ def _vector_tag(vectors: dict[str, list[float]]) -> Callable[[Any], str]:
 TAGS = ["first", "LOW", "NORMAL", "HIGH", *[f"t{i}" for i in range(20)]]
 
 
+# The doubler's metadata declares a dynamic batch dimension, which lets calls coalesce.
+DOUBLER = {
+    "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, -1]}],
+    "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, -1]},
+                {"name": "sum", "datatype": "FP32", "shape": [-1]}],
+}
+
+
 def _ovms_call(c: AsyncClient, tag: str, p: Priority) -> Awaitable[Any]:
-    return c.infer("ovms/doubler", {"input": np.array([[float(TAGS.index(tag))]], np.float32)}, priority=p)
+    x = np.array([[float(TAGS.index(tag))]], np.float32)
+    return c.infer("ovms/doubler", {"input": x}, metadata=DOUBLER, priority=p)
 
 
 CASES = [
@@ -71,7 +80,7 @@ CASES = [
     OpCase("llvm-infer", lambda **kw: LLVMSim(**kw), lambda s, k: Endpoint("llvm", base_url=s.url, api_keys=k),
            lambda c, tag, p: c.infer("llvm/echo", tag, priority=p), lambda r: r["output"], "infer"),
     OpCase("ovms-infer", lambda **kw: OVMSSim(**kw), lambda s, k: Endpoint("ovms", base_url=s.url),
-           _ovms_call, lambda r: TAGS[int(r["output"][0][0] / 2)], "/infer", keyed=False, batches=False),
+           _ovms_call, lambda r: TAGS[int(r["output"][0][0] / 2)], "/infer", keyed=False),
 ]
 
 

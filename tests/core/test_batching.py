@@ -84,3 +84,26 @@ async def test_single_infers_coalesce_into_batch_infer(clock: FakeClock) -> None
             results = await asyncio.gather(*(c.infer("llvm/echo", i) for i in range(10)))
     assert [r["output"] for r in results] == list(range(10))
     assert [r.path for r in s.requests] == ["/models/echo/batch_infer"]
+
+
+async def test_ovms_infers_stack_along_a_declared_batch_dimension(clock: FakeClock) -> None:
+    import numpy as np
+
+    from apimux.testing import OVMSSim
+
+    meta = {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, -1]}],
+        "outputs": [{"name": "output", "datatype": "FP32", "shape": [-1, -1]},
+                    {"name": "sum", "datatype": "FP32", "shape": [-1]}],
+    }
+    xs = [np.full((i % 3 + 1, 2), i, np.float32) for i in range(9)]  # batches of 1, 2 or 3 rows
+    with OVMSSim(clock=clock) as s:
+        async with AsyncClient([Endpoint("ovms", base_url=s.url)], clock=clock) as c:
+            stacked = await asyncio.gather(*(c.infer("ovms/doubler", {"input": x}, metadata=meta) for x in xs))
+            assert len(s.requests) == 1 and s.requests[0].json["inputs"][0]["shape"] == [18, 2]
+            plain = await asyncio.gather(*(c.infer("ovms/doubler", {"input": x}) for x in xs))
+            assert len(s.requests) == 10  # without a declared batch dimension: one request each
+    for x, a, b in zip(xs, stacked, plain, strict=True):
+        np.testing.assert_array_equal(a["output"], x * 2)
+        np.testing.assert_array_equal(a["sum"], (x * 2).sum(axis=-1))
+        np.testing.assert_array_equal(a["output"], b["output"])
