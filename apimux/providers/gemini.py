@@ -32,7 +32,7 @@ from apimux.errors import (
 from apimux.providers.base import Call, Provider, error_message, load_json, safe_json
 from apimux.providers.messages import SYSTEM_ROLES, data_url, image_url_of, system_text, text_of, tool_arguments
 from apimux.providers.registry import register
-from apimux.providers.streams import SSEDecoder, SSEEvent
+from apimux.providers.streams import SSEDecoder, SSEEvent, parse_keeping_text
 from apimux.transport import HttpRequest, HttpResponse
 from apimux.types import ChatChunk, ChatResponse, EmbedResponse, Message, ModelInfo, ToolCall, Usage
 
@@ -414,22 +414,7 @@ class GeminiStreamParser:
         return self._events(self.sse.feed(chunk))
 
     def _events(self, events: list[SSEEvent]) -> list[ChatChunk]:
-        # An error event raises, but text that arrived in the same read goes to
-        # the caller first, so the outcome does not depend on how TCP split it.
-        if self.pending is not None:
-            raise self.pending
-        out: list[ChatChunk] = []
-        for ev in events:
-            try:
-                c = self._event(ev.data)
-            except ApimuxError as err:
-                if not out:
-                    raise
-                self.pending = err
-                break
-            if c is not None:
-                out.append(c)
-        return out
+        return parse_keeping_text((ev.data for ev in events), self._event, self)
 
     def close(self) -> list[ChatChunk]:
         out = self._events(self.sse.flush())

@@ -20,7 +20,7 @@ from apimux.errors import ApimuxError, BadRequest, Overloaded, StreamInterrupted
 from apimux.providers.base import Call, Provider, error_message, load_json, safe_json
 from apimux.providers.openai import OpenAIProvider, OpenAIStreamParser
 from apimux.providers.registry import register
-from apimux.providers.streams import SSEDecoder
+from apimux.providers.streams import SSEDecoder, parse_keeping_text
 from apimux.transport import HttpRequest, HttpResponse
 from apimux.types import ChatChunk, ChatResponse, ModelInfo, Usage
 
@@ -88,48 +88,39 @@ def generate_parameters(params: Mapping[str, Any], stream: bool) -> dict[str, An
     return out
 
 
-def parse_keeping_text(
-    events: list[Any], parse: Callable[[str], ChatChunk | None], state: Any
-) -> list[ChatChunk]:
-    """Chunks before an error event reach the caller first; the error is kept
-    in ``state.pending`` and raised on the next call, so no text is lost."""
-    if state.pending is not None:
-        raise state.pending
-    out: list[ChatChunk] = []
-    for ev in events:
-        try:
-            chunk = parse(ev.data)
-        except ApimuxError as err:
-            if not out:
-                raise
-            state.pending = err
-            return out
-        if chunk is not None:
-            out.append(chunk)
-    return out
-
-
 class _OpenAIRoutes(OpenAIProvider):
     """TGI's OpenAI-compatible routes; not registered, used by composition."""
 
     name = "hf_tgi"
 
 
-class TGIChatStreamParser(OpenAIStreamParser):
-    """OpenAI chunks, but a mid-stream error is TGI's ``{"error", "error_type"}``."""
+class _KeepsText:
+    """``feed``/``close`` of TGI's two stream parsers: text before a mid-stream
+    error reaches the caller first, and a stream must end with ``end_marker``."""
 
+    backend: str
+    sse: SSEDecoder
+    done: bool
     pending: ApimuxError | None = None
+    end_marker: str = ""
+    _event: Callable[[str], ChatChunk | None]
 
     def feed(self, chunk: bytes) -> list[ChatChunk]:
-        return parse_keeping_text(self.sse.feed(chunk), self._event, self)
+        return parse_keeping_text((ev.data for ev in self.sse.feed(chunk)), self._event, self)
 
     def close(self) -> list[ChatChunk]:
-        out = parse_keeping_text(self.sse.flush(), self._event, self)
+        out = parse_keeping_text((ev.data for ev in self.sse.flush()), self._event, self)
         if self.pending is not None:
             raise self.pending
         if not self.done:
-            raise StreamInterrupted(f"{self.backend} stream ended before [DONE]")
+            raise StreamInterrupted(f"{self.backend} stream ended before {self.end_marker}")
         return out
+
+
+class TGIChatStreamParser(_KeepsText, OpenAIStreamParser):
+    """OpenAI chunks, but a mid-stream error is TGI's ``{"error", "error_type"}``."""
+
+    end_marker = "[DONE]"
 
     def _event(self, data: str) -> ChatChunk | None:
         obj = safe_json(data.encode())
@@ -236,26 +227,17 @@ class TGIProvider(Provider):
         return tgi_error(resp.status, data, message, parse_retry_after(resp.headers, resp.wall))
 
 
-class TGIGenerateStreamParser:
+class TGIGenerateStreamParser(_KeepsText):
     """``/generate_stream``: one SSE event per token; no ``[DONE]`` — the last
     event is the one whose ``generated_text`` (and ``details``) is set."""
+
+    end_marker = "its final event"
 
     def __init__(self, backend: str) -> None:
         self.backend = backend
         self.sse = SSEDecoder()
         self.done = False
         self.pending: ApimuxError | None = None
-
-    def feed(self, chunk: bytes) -> list[ChatChunk]:
-        return parse_keeping_text(self.sse.feed(chunk), self._event, self)
-
-    def close(self) -> list[ChatChunk]:
-        out = parse_keeping_text(self.sse.flush(), self._event, self)
-        if self.pending is not None:
-            raise self.pending
-        if not self.done:
-            raise StreamInterrupted(f"{self.backend} stream ended before its final event")
-        return out
 
     def _event(self, data: str) -> ChatChunk | None:
         if data.strip() == "[DONE]":  # not sent by /generate_stream; harmless if a proxy adds it

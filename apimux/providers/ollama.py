@@ -27,7 +27,7 @@ from apimux.errors import (
 from apimux.providers.base import Call, Provider, error_message, load_json, safe_json
 from apimux.providers.messages import image_url_of
 from apimux.providers.registry import register
-from apimux.providers.streams import NDJSONDecoder
+from apimux.providers.streams import NDJSONDecoder, parse_keeping_text
 from apimux.transport import HttpRequest, HttpResponse
 from apimux.types import ChatChunk, ChatResponse, EmbedResponse, ModelInfo, ToolCall, Usage
 
@@ -319,29 +319,11 @@ class OllamaStreamParser:
         self.tools: list[ToolCall] = []
         self.pending: ApimuxError | None = None
 
-    def _parse(self, lines: list[str]) -> list[ChatChunk]:
-        """Chunks before an error line reach the caller first; the error is
-        raised on the next call, so text already generated is not lost."""
-        if self.pending is not None:
-            raise self.pending
-        out: list[ChatChunk] = []
-        for line in lines:
-            try:
-                chunk = self._line(line)
-            except ApimuxError as err:
-                if not out:
-                    raise
-                self.pending = err
-                return out
-            if chunk is not None:
-                out.append(chunk)
-        return out
-
     def feed(self, chunk: bytes) -> list[ChatChunk]:
-        return self._parse(self.lines.feed(chunk))
+        return parse_keeping_text(self.lines.feed(chunk), self._line, self)
 
     def close(self) -> list[ChatChunk]:
-        out = self._parse(self.lines.flush())
+        out = parse_keeping_text(self.lines.flush(), self._line, self)
         if self.pending is not None:
             raise self.pending
         if not self.done:

@@ -1,8 +1,16 @@
-"""Incremental decoders for server-sent events and NDJSON (pure, no I/O)."""
+"""Incremental decoders for server-sent events and NDJSON (pure, no I/O),
+and the rule stream parsers share for an error that arrives mid-stream."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from apimux.errors import ApimuxError
+from apimux.types import ChatChunk
+
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -70,3 +78,24 @@ class NDJSONDecoder:
     def flush(self) -> list[str]:
         rest, self._buf = self._buf, b""
         return [rest.decode("utf-8", errors="replace")] if rest.strip() else []
+
+
+def parse_keeping_text(items: Iterable[T], parse: Callable[[T], ChatChunk | None], state: Any) -> list[ChatChunk]:
+    """Parse decoded events (or lines) into chunks; an error event raises, but
+    chunks parsed before it in the same read reach the caller first: the
+    error is kept in ``state.pending`` and raised on the next call, so the
+    outcome does not depend on how TCP split the stream and no text is lost."""
+    if state.pending is not None:
+        raise state.pending
+    out: list[ChatChunk] = []
+    for item in items:
+        try:
+            chunk = parse(item)
+        except ApimuxError as err:
+            if not out:
+                raise
+            state.pending = err
+            return out
+        if chunk is not None:
+            out.append(chunk)
+    return out
