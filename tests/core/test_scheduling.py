@@ -9,6 +9,7 @@ import pytest
 
 from apimux import (
     AsyncClient,
+    AuthError,
     BadRequest,
     CircuitOpen,
     Client,
@@ -314,3 +315,45 @@ def test_32_threads_share_one_client_and_its_limits(sim: OpenAISim) -> None:
         assert sorted(texts) == sorted(f"echo: t{n}-{j}" for n in range(32) for j in range(5))
         assert sim.peak_in_flight <= 4
         assert c.stats()["totals"]["successes"] == 160
+
+
+async def test_read_timeout_is_a_retried_timeout(sim: OpenAISim, clock: FakeClock) -> None:
+    from apimux import Timeout
+
+    sim.faults.script(Fault(latency=0.3))  # slower than the endpoint's read timeout, once
+    async with client_for(sim, clock, read_timeout=0.1) as c:
+        r = await c.chat(MODEL, msg("eventually"))
+        assert r.info.attempts == 2 and c.stats()["totals"]["failures"] == {"Timeout": 1}
+        sim.faults.script(*[Fault(latency=0.3) for _ in range(2)])
+        with pytest.raises(Timeout):
+            await c.chat(MODEL, msg("never"), max_retries=1)
+
+
+async def test_refused_connection_is_connection_failed(clock: FakeClock) -> None:
+    import socket
+
+    from apimux import ConnectionFailed
+
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ep = Endpoint("openai", base_url=f"http://127.0.0.1:{port}/v1", api_keys=["sk-nobody-0001"])
+    async with AsyncClient([ep], clock=clock, settings=Settings(retry=RetrySettings(max_retries=2))) as c:
+        with pytest.raises(ConnectionFailed) as info:
+            await c.chat(MODEL, msg("x"))
+    assert info.value.attempts == 3 and info.value.endpoint and "sk-nobody-0001" not in str(info.value)
+
+
+async def test_keys_never_appear_whole(sim: OpenAISim, clock: FakeClock) -> None:
+    import json as _json
+
+    keys = ["sk-proj-SECRETSECRET0001", "sk-proj-SECRETSECRET0002"]
+    sim.faults.script(Fault(status=500), Fault(status=401))
+    async with client_for(sim, clock, keys=keys) as c:
+        with pytest.raises(AuthError) as info:
+            await c.chat(MODEL, msg("x"))
+        text = " ".join([str(info.value), repr(info.value), _json.dumps(info.value.to_dict()),
+                         _json.dumps(c.stats()), repr(c.endpoints)])
+    for k in keys:
+        assert k not in text and k[4:-4] not in text
+    assert "sk-p…0001" in text

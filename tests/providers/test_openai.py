@@ -196,3 +196,12 @@ def test_base64_embedding_decoding() -> None:
 
     raw = base64.b64encode(struct.pack("<3f", 0.5, -1.0, 2.0)).decode()
     assert decode_embedding(raw) == [0.5, -1.0, 2.0]
+
+
+async def test_image_parts_pass_through_untouched(sim: OpenAISim, clock: FakeClock) -> None:
+    parts = [{"type": "text", "text": "what is this"},
+             {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]
+    async with AsyncClient([Endpoint("openai", base_url=sim.base_url, api_keys=["sk-i"])], clock=clock) as c:
+        r = await c.chat("openai/gpt-4o-mini", [{"role": "user", "content": parts}])
+    assert sim.requests[0].json["messages"][0]["content"] == parts
+    assert r.text == "echo: what is this"
