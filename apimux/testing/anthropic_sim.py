@@ -24,7 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
-from apimux.testing.openai_sim import echo_reply
+from apimux.testing.replies import echo_reply, fake_arguments
 from apimux.testing.server import Fault, Recorded, SimServer, cut_connection, sse, words
 
 ERROR_TYPES = {
@@ -341,27 +341,6 @@ def pick_tool(body: dict[str, Any]) -> dict[str, Any] | None:
     if choice["type"] == "auto" and answered:
         return None  # the tool has answered: now reply in text
     return tools[0]
-
-
-def fake_arguments(schema: dict[str, Any], text: str) -> dict[str, Any]:
-    """Arguments that satisfy a simple JSON schema, derived from the user's text."""
-    props: dict[str, Any] = schema.get("properties") or {}
-    names = schema.get("required") or list(props)
-    out: dict[str, Any] = {}
-    for name in names:
-        kind = (props.get(name) or {}).get("type", "string")
-        if kind in ("integer", "number"):
-            out[name] = words(text)
-        elif kind == "boolean":
-            out[name] = True
-        elif kind == "array":
-            out[name] = text.split()
-        elif kind == "object":
-            out[name] = {}
-        else:
-            enum = (props.get(name) or {}).get("enum")
-            out[name] = enum[0] if enum else text
-    return out
 
 
 def apply_stops(text: str, stops: list[str]) -> tuple[str, str, str | None]:

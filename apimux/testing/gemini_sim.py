@@ -27,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from apimux.testing.openai_sim import echo_reply, fake_vector
+from apimux.testing.replies import echo_reply, fake_arguments, fake_vector
 from apimux.testing.server import Fault, Recorded, SimServer, cut_connection, words
 
 STATUSES = {
@@ -182,7 +182,7 @@ class GeminiSim(SimServer):
         parts: list[dict[str, Any]]
         if decl is not None:
             schema = _get(decl, "parametersJsonSchema") or decl.get("parameters") or {}
-            args = fake_arguments(schema, _last_user_text(contents))
+            args = fake_arguments(schema, _last_user_text(contents), any_case=True)
             parts = [{"functionCall": {"name": decl["name"], "args": args}}]
             tokens = json.dumps(args).split()
             finish = "STOP"
@@ -433,22 +433,3 @@ def pick_function(body: dict[str, Any]) -> dict[str, Any] | None:
         return None  # the function has answered: now reply in text
     return decls[0]
 
-
-def fake_arguments(schema: dict[str, Any], text: str) -> dict[str, Any]:
-    """Arguments that satisfy a simple schema (JSON Schema or Gemini's upper-case types)."""
-    props: dict[str, Any] = schema.get("properties") or {}
-    out: dict[str, Any] = {}
-    for name in schema.get("required") or list(props):
-        kind = str((props.get(name) or {}).get("type", "string")).lower()
-        if kind in ("integer", "number"):
-            out[name] = words(text)
-        elif kind == "boolean":
-            out[name] = True
-        elif kind == "array":
-            out[name] = text.split()
-        elif kind == "object":
-            out[name] = {}
-        else:
-            enum = (props.get(name) or {}).get("enum")
-            out[name] = enum[0] if enum else text
-    return out

@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from apimux.testing.openai_sim import echo_reply, fake_vector
+from apimux.testing.replies import echo_reply, fake_vector
 from apimux.testing.server import Fault, Recorded, SimServer, cut_connection, words
 
 ROLES = ("system", "user", "assistant", "tool")

@@ -19,7 +19,8 @@ from typing import Any
 
 from aiohttp import web
 
-from apimux.testing.openai_sim import OpenAISim, echo_reply
+from apimux.testing.openai_sim import OpenAISim
+from apimux.testing.replies import echo_reply
 from apimux.testing.server import Fault, Recorded, cut_connection
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import struct
 import time
 from collections.abc import Callable
@@ -17,6 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
+# echo_reply and fake_vector are imported from here too (the older home of both).
+from apimux.testing.replies import echo_reply, fake_vector
 from apimux.testing.server import Fault, Recorded, SimServer, cut_connection, sse, words
 
 _ERROR_TYPES = {
@@ -25,12 +26,6 @@ _ERROR_TYPES = {
     404: "invalid_request_error",
     429: "rate_limit_exceeded",
 }
-
-
-def fake_vector(text: str, dims: int = 8) -> list[float]:
-    """A deterministic unit-free vector derived from the text."""
-    digest = hashlib.sha256(text.encode()).digest() * (dims // 8 + 1)
-    return [round((b - 128) / 128, 6) for b in digest[:dims]]
 
 
 class OpenAISim(SimServer):
@@ -182,16 +177,6 @@ class OpenAISim(SimServer):
     async def list_models(self, request: web.Request, rec: Recorded, fault: Fault | None) -> web.StreamResponse:
         data = [{"id": m, "object": "model", "created": 1700000000, "owned_by": "apimux-sim"} for m in self.model_ids]
         return web.json_response({"object": "list", "data": data}, headers=self._headers())
-
-
-def echo_reply(messages: list[dict[str, Any]]) -> str:
-    for m in reversed(messages):
-        if m.get("role") == "user":
-            content = m.get("content")
-            if isinstance(content, list):
-                content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-            return f"echo: {content}"
-    return "echo:"
 
 
 def validate_chat(body: Any) -> tuple[str, str] | None:
