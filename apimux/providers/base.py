@@ -123,6 +123,14 @@ class Provider:
         return None
 
 
+def bearer_headers(key: str | None) -> dict[str, str]:
+    """JSON wanted, and the key (when there is one) as an ``Authorization: Bearer`` token."""
+    h = {"Accept": "application/json"}
+    if key:
+        h["Authorization"] = f"Bearer {key}"
+    return h
+
+
 def safe_json(body: bytes) -> Any:
     try:
         return json.loads(body)

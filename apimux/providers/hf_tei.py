@@ -28,7 +28,7 @@ from apimux.errors import (
     UpstreamError,
     error_for_status,
 )
-from apimux.providers.base import Call, Provider, error_message, load_json, safe_json
+from apimux.providers.base import Call, Provider, bearer_headers, error_message, load_json, safe_json
 from apimux.providers.registry import register
 from apimux.transport import HttpRequest, HttpResponse
 from apimux.types import EmbedResponse, RerankResponse, RerankResult, Usage
@@ -54,10 +54,7 @@ class TEIProvider(Provider):
     batch_limits: ClassVar[dict[str, int]] = {"embed": 32}
 
     def headers(self, key: str | None) -> dict[str, str]:
-        h = {"Accept": "application/json"}
-        if key:
-            h["Authorization"] = f"Bearer {key}"
-        return h
+        return bearer_headers(key)
 
     # ---- embed ---------------------------------------------------------------
     def embed_request(self, call: Call, key: str | None) -> HttpRequest:

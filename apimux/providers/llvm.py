@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 from apimux.core.retry import parse_retry_after
 from apimux.errors import ApimuxError, BadRequest, Overloaded, UpstreamError, error_for_status
-from apimux.providers.base import Call, Provider, load_json, safe_json
+from apimux.providers.base import Call, Provider, bearer_headers, load_json, safe_json
 from apimux.providers.registry import register
 from apimux.transport import HttpRequest, HttpResponse
 from apimux.types import InferResponse, ModelInfo
@@ -47,10 +47,7 @@ class LLVMProvider(Provider):
     batch_limits: ClassVar[dict[str, int]] = {"infer": 64}
 
     def headers(self, key: str | None) -> dict[str, str]:
-        h = {"Accept": "application/json"}
-        if key:
-            h["Authorization"] = f"Bearer {key}"
-        return h
+        return bearer_headers(key)
 
     def model_url(self, model: str, suffix: str = "") -> str:
         if not model or model == "-":

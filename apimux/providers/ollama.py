@@ -24,7 +24,7 @@ from apimux.errors import (
     UpstreamError,
     error_for_status,
 )
-from apimux.providers.base import Call, Provider, error_message, load_json, safe_json
+from apimux.providers.base import Call, Provider, bearer_headers, error_message, load_json, safe_json
 from apimux.providers.messages import image_url_of
 from apimux.providers.registry import register
 from apimux.providers.streams import NDJSONDecoder, parse_keeping_text
@@ -201,10 +201,7 @@ class OllamaProvider(Provider):
         self.base_url = parse_host(self.base_url)
 
     def headers(self, key: str | None) -> dict[str, str]:
-        h = {"Accept": "application/json"}
-        if key:
-            h["Authorization"] = f"Bearer {key}"
-        return h
+        return bearer_headers(key)
 
     def _body(self, call: Call, extra: dict[str, Any]) -> dict[str, Any]:
         p = call.params

@@ -12,7 +12,7 @@ import numpy as np
 from apimux.core.pool import RateHint
 from apimux.core.retry import parse_duration
 from apimux.errors import ApimuxError, StreamInterrupted, error_for_status
-from apimux.providers.base import Call, Provider, error_message, load_json, safe_json
+from apimux.providers.base import Call, Provider, bearer_headers, error_message, load_json, safe_json
 from apimux.providers.registry import register
 from apimux.providers.streams import SSEDecoder
 from apimux.transport import HttpRequest, HttpResponse
@@ -48,10 +48,7 @@ class OpenAIProvider(Provider):
     stream_usage_path: tuple[str, ...] = ()
 
     def headers(self, key: str | None) -> dict[str, str]:
-        h = {"Accept": "application/json"}
-        if key:
-            h["Authorization"] = f"Bearer {key}"
-        return h
+        return bearer_headers(key)
 
     # ---- chat -----------------------------------------------------------
     def chat_request(self, call: Call, key: str | None) -> HttpRequest:
