@@ -130,15 +130,21 @@ async def test_rpm_budget_spaces_requests(sim: OpenAISim, clock: FakeClock) -> N
 
 
 async def test_tpm_budget_uses_estimate_then_reported_usage(sim: OpenAISim, clock: FakeClock) -> None:
-    # 600 tokens a minute = 10/s; each call estimates ~ max_tokens 50 + prompt.
+    # 600 tokens a minute = 10/s with 100 tokens of burst. Each call is estimated
+    # at ~201 tokens (max_tokens 200 + prompt) but really uses 5.
     ep = Endpoint("openai", base_url=sim.base_url, api_keys=["sk-tpm-1"], tpm=600)
     async with AsyncClient([ep], clock=clock) as c:
         for _ in range(3):
             await c.chat("openai/m", MSG, max_tokens=200)
-    span = sim.requests[-1].at - sim.requests[0].at
-    # The estimate (~200 tokens) is reconciled to the real usage (5 tokens), so
-    # the budget is not charged 600 tokens for three tiny answers.
-    assert 0 < span < 60
+        await c.chat("openai/m", MSG, max_tokens=2000)  # an estimate far above the burst still goes...
+        t_big = clock.now()
+        await c.chat("openai/m", MSG, max_tokens=5)  # ...and a big *real* usage would delay the next
+    gaps = [b.at - a.at for a, b in zip(sim.requests, sim.requests[1:], strict=False)]
+    # Before the first answer the budget is in debt (-101): the second call waits
+    # for the bucket to refill. With the estimate reconciled to the real usage
+    # (+196 back), that wait is ~0.5 s, not the ~20 s an unreconciled debt costs.
+    assert 0 < gaps[0] < 2 and gaps[1] < 2
+    assert clock.now() - t_big < 2
 
 
 async def test_insufficient_quota_is_not_retried(sim: OpenAISim, clock: FakeClock) -> None:
