@@ -137,6 +137,7 @@ class AsyncClient:
         )
         self._groups: dict[str, Group] = {}
         self._stores: list[Any] = []
+        self._breakers: dict[str, Breaker] = {}
         self._batcher = MicroBatcher(self.settings.batch_window, self._flush)
 
     # ---- groups -------------------------------------------------------------
@@ -185,10 +186,19 @@ class AsyncClient:
         ]
         server = Server(
             ep.label(), ep, provider, transport,
-            Breaker(self.settings.breaker_threshold, self.settings.breaker_recovery), keys,
+            self._breaker_for(provider.base_url), keys,
         )
         server.extra["timeouts"] = Timeouts(ep.timeout, ep.connect_timeout, ep.read_timeout)
         return server
+
+    def _breaker_for(self, base_url: str) -> Breaker:
+        """One breaker per server: endpoints (or groups) sharing a base URL share its health."""
+        breaker = self._breakers.get(base_url)
+        if breaker is None:
+            breaker = self._breakers[base_url] = Breaker(
+                self.settings.breaker_threshold, self.settings.breaker_recovery
+            )
+        return breaker
 
     # ---- calls --------------------------------------------------------------
     def _opts(

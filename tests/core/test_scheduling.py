@@ -357,3 +357,17 @@ async def test_keys_never_appear_whole(sim: OpenAISim, clock: FakeClock) -> None
     for k in keys:
         assert k not in text and k[4:-4] not in text
     assert "sk-p…0001" in text
+
+
+async def test_endpoints_on_one_base_url_share_its_breaker(sim: OpenAISim) -> None:
+    clock = FakeClock(autojump=False)
+    settings = Settings(retry=RetrySettings(max_retries=0), breaker_threshold=2)
+    eps = [Endpoint("openai", base_url=sim.base_url, api_keys=[f"sk-team-{i}-00001"]) for i in range(2)]
+    sim.faults.script(Fault(status=502), Fault(status=502))
+    async with AsyncClient(eps, clock=clock, settings=settings) as c:
+        for _ in range(2):
+            with pytest.raises(UpstreamError):
+                await c.chat(MODEL, msg("x"))
+        with pytest.raises(CircuitOpen):  # the other endpoint's keys hit the same sick server
+            await c.chat(MODEL, msg("x"))
+    assert len(sim.requests) == 2
