@@ -29,6 +29,7 @@ from apimux import (
     FakeClock,
     NotFound,
     Overloaded,
+    Priority,
     RateLimited,
     RetrySettings,
     Settings,
@@ -547,3 +548,36 @@ def test_import_apimux_without_aiobotocore() -> None:
                          cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr
     assert "pip install 'apimux[s3]'" in out.stdout
+
+
+# ---- the shared core's promises, for storage too ----------------------------------------------
+async def test_priority_and_stats_through_the_core(moto_url: str, bucket: str, clock: FakeClock) -> None:
+    """Storage calls wait in the same priority queue as every other backend,
+    and the stats count exactly the requests made."""
+    async with AsyncClient([s3_endpoint(moto_url, max_concurrent=1)], settings=FAST, clock=clock) as c:
+        stores = {p: S3Storage(c, priority=p) for p in (Priority.LOW, Priority.NORMAL, Priority.HIGH)}
+        await stores[Priority.NORMAL].create_bucket(bucket)
+        gate = asyncio.Event()
+
+        async def hold(lease: object) -> None:  # occupies the only slot until released
+            await gate.wait()
+
+        holder = asyncio.create_task(c.run_attempt("s3/hold", "hold", hold))
+        await asyncio.sleep(0.01)
+        done: list[str] = []
+
+        async def put(p: Priority) -> None:
+            await stores[p].put_bytes(f"{bucket}/{p.name}", p.name.encode())
+            done.append(p.name)
+
+        tasks = [asyncio.create_task(put(p)) for p in (Priority.LOW, Priority.NORMAL, Priority.HIGH)]
+        await asyncio.sleep(0.05)
+        assert done == []  # all three wait behind the held slot
+        gate.set()
+        await asyncio.gather(holder, *tasks)
+        assert done == ["HIGH", "NORMAL", "LOW"]
+        totals = c.stats()["totals"]
+        # create_bucket + hold + 3 puts, all successful, none retried
+        assert totals["requests"] == totals["successes"] == 5 and totals["retries"] == 0
+        for s in stores.values():
+            await s.close()
