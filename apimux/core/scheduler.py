@@ -61,17 +61,29 @@ class GroupScheduler:
             if timeout is None:
                 await fut
             else:
-                await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except (asyncio.CancelledError, TimeoutError):
+                await self._within(fut, timeout)
+        except BaseException as exc:
             if fut.done() and not fut.cancelled():
                 self._free_place()  # we were handed a place just as we gave up
             else:
                 fut.cancel()
             with contextlib.suppress(ValueError):
                 self._space.remove(fut)
-            raise QueueFull(
-                f"queue for {self.name!r} stayed full for {timeout}s ({self.queue.capacity} waiting)"
-            ) from None
+            if isinstance(exc, TimeoutError):
+                raise QueueFull(
+                    f"queue for {self.name!r} stayed full for {timeout}s ({self.queue.capacity} waiting)"
+                ) from None
+            raise  # a cancelled caller stays cancelled
+
+    async def _within(self, fut: asyncio.Future[None], timeout: float) -> None:
+        """Wait for ``fut`` at most ``timeout`` seconds of the injected clock."""
+        sleeper = asyncio.ensure_future(self.clock.sleep(timeout))
+        try:
+            await asyncio.wait((fut, sleeper), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+        if not fut.done():
+            raise TimeoutError
 
     def _free_place(self) -> None:
         self._held -= 1

@@ -371,3 +371,23 @@ async def test_endpoints_on_one_base_url_share_its_breaker(sim: OpenAISim) -> No
         with pytest.raises(CircuitOpen):  # the other endpoint's keys hit the same sick server
             await c.chat(MODEL, msg("x"))
     assert len(sim.requests) == 2
+
+
+async def test_a_caller_cancelled_while_waiting_for_a_place_is_cancelled(sim: OpenAISim) -> None:
+    clock = FakeClock(autojump=False)
+    sim.faults.latency = 0.1
+    async with client_for(sim, clock, max_concurrent=1, settings=Settings(queue_size=1)) as c:
+        busy = [asyncio.create_task(c.chat(MODEL, msg(str(i)))) for i in range(2)]  # running + queued
+        await asyncio.sleep(0.01)
+        waiting = asyncio.create_task(c.chat(MODEL, msg("waits for a place")))
+        timed = asyncio.create_task(c.chat(MODEL, msg("gives up"), queue_timeout=5))
+        await asyncio.sleep(0.01)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert not timed.done()  # the queue timeout runs on the injected clock...
+        clock.advance(5)
+        with pytest.raises(QueueFull):  # ...and ends in QueueFull when it passes
+            await timed
+        await asyncio.gather(*busy)
+        assert (await c.chat(MODEL, msg("room again"))).text == "echo: room again"
