@@ -7,7 +7,6 @@ aiohttp's exceptions are mapped to apimux's here, at the boundary.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -131,7 +130,7 @@ class AiohttpTransport:
                 return HttpResponse(resp.status, resp.headers, body)
         except ApimuxError:
             raise
-        except BaseException as exc:
+        except Exception as exc:  # cancellation and the like pass through untouched
             raise map_exception(exc) from exc
 
     @asynccontextmanager
@@ -139,7 +138,7 @@ class AiohttpTransport:
         session = self._get_session()
         try:
             resp = await session.request(req.method, req.url, **self._kwargs(req, timeouts))
-        except BaseException as exc:
+        except Exception as exc:
             raise map_exception(exc) from exc
         try:
             yield _AiohttpStream(resp)
@@ -151,10 +150,8 @@ class AiohttpTransport:
             await self._session.close()
 
 
-def map_exception(exc: BaseException) -> BaseException:
+def map_exception(exc: Exception) -> Exception:
     """aiohttp/asyncio failures -> apimux errors; anything else passes through."""
-    if isinstance(exc, asyncio.CancelledError):
-        return exc
     if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
         return Timeout(f"request timed out: {type(exc).__name__}")
     if isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)):

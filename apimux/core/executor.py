@@ -9,7 +9,8 @@ retry policy decides what happens next.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from apimux.core.pool import Lease, Pool, Server
 from apimux.core.retry import RetrySettings, decide, is_upstream_failure
 from apimux.core.scheduler import GroupScheduler
 from apimux.core.stats import Series, Stats
-from apimux.errors import ApimuxError, StreamInterrupted
+from apimux.errors import ApimuxError, StreamInterrupted, UpstreamError
 from apimux.transport import HttpResponse
 from apimux.types import CallInfo, ChatChunk, Priority, Usage
 
@@ -74,7 +75,8 @@ class Executor:
             Pool.learn(lease, hint, self.clock.now())
         if resp.status >= 400:
             raise provider.error(call, resp)
-        return provider.response(call, resp)
+        with unreadable_is_upstream(provider.name):
+            return provider.response(call, resp)
 
     # ---- unary calls -------------------------------------------------------
     async def run(
@@ -192,9 +194,13 @@ class Executor:
                 raise provider.error(call, HttpResponse(resp.status, resp.headers, body, self.clock.wall()))
             parser = provider.stream_parser(call)
             async for raw in resp.chunks():
-                for chunk in parser.feed(raw):
+                with unreadable_is_upstream(provider.name):
+                    chunks = parser.feed(raw)
+                for chunk in chunks:
                     yield chunk
-            for chunk in parser.close():
+            with unreadable_is_upstream(provider.name):
+                chunks = parser.close()
+            for chunk in chunks:
                 yield chunk
 
     # ---- bookkeeping -------------------------------------------------------
@@ -266,6 +272,18 @@ class Executor:
     def _neutral(self, sched: GroupScheduler, lease: Lease) -> None:
         lease.server.breaker.on_neutral()
         sched.release(lease)
+
+
+@contextmanager
+def unreadable_is_upstream(backend: str) -> Iterator[None]:
+    """A 2xx body of an unexpected shape is the service's fault: a typed,
+    retryable UpstreamError rather than a KeyError escaping to the caller."""
+    try:
+        yield
+    except ApimuxError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        raise UpstreamError(f"{backend} sent a response apimux could not read ({type(exc).__name__}: {exc})") from exc
 
 
 def _fields(s: RetrySettings) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import numpy as np
 
 from apimux.core.pool import RateHint
 from apimux.core.retry import parse_duration
-from apimux.errors import ApimuxError, StreamInterrupted, error_for_status
+from apimux.errors import ApimuxError, StreamInterrupted, UpstreamError, error_for_status
 from apimux.providers.base import Call, Provider, bearer_headers, error_message, load_json, safe_json
 from apimux.providers.registry import register
 from apimux.providers.streams import SSEDecoder
@@ -66,7 +66,7 @@ class OpenAIProvider(Provider):
             choice = data["choices"][0]
             message = choice.get("message") or {}
         except (KeyError, IndexError, TypeError):
-            raise ApimuxError(f"{self.name} response has no choices: {str(data)[:200]}") from None
+            raise UpstreamError(f"{self.name} response has no choices: {str(data)[:200]}") from None
         return ChatResponse(
             text=message.get("content") or "",
             model=data.get("model", call.model),

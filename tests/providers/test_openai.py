@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import struct
+from typing import Any
 
 import groq
 import openai
@@ -13,7 +14,7 @@ import pytest
 from apimux import AsyncClient, AuthError, Endpoint, FakeClock, NotFound, RateLimited
 from apimux.providers.base import Call
 from apimux.providers.openai import GroqProvider, OpenAIProvider, OpenAIStreamParser
-from apimux.testing import Fault, OpenAISim
+from apimux.testing import Fault, OpenAISim, Recorded
 from apimux.transport import HttpResponse
 
 MSG = [{"role": "user", "content": "hello there"}]
@@ -211,3 +212,24 @@ async def test_image_parts_pass_through_untouched(sim: OpenAISim, clock: FakeClo
         r = await c.chat("openai/gpt-4o-mini", [{"role": "user", "content": parts}])
     assert sim.requests[0].json["messages"][0]["content"] == parts
     assert r.text == "echo: what is this"
+
+
+class OddSim(OpenAISim):
+    """Answers chat with valid JSON of the wrong shape (a proxy's page, a changed API)."""
+
+    async def chat(self, request: Any, rec: Recorded, fault: Fault | None) -> Any:
+        from aiohttp import web
+
+        odd = [b'{"choices": [{"index": 0, "message": 7}]}', b'{"unexpected": true}']
+        return web.Response(body=odd[len(self.requests) % 2], content_type="application/json")
+
+
+async def test_an_unexpected_body_shape_is_a_retried_upstream_error(clock: FakeClock) -> None:
+    from apimux import UpstreamError
+
+    with OddSim(clock=clock) as s:
+        ep = Endpoint("openai", base_url=s.base_url, api_keys=["sk-odd"])
+        async with AsyncClient([ep], clock=clock) as c:
+            with pytest.raises(UpstreamError, match="openai") as info:
+                await c.chat("openai/m", MSG, max_retries=1)
+    assert info.value.attempts == 2 and len(s.requests) == 2
