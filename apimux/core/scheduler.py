@@ -157,7 +157,6 @@ class GroupScheduler:
                         self._wake_at(got.until)
                     return
                 if got.until is not None:
-                    self.rate_limit_waits += 1
                     self._wake_at(got.until)
                 return
             self.queue.pop()
@@ -179,6 +178,8 @@ class GroupScheduler:
             return
         if self._timer is not None:
             self._timer.cancel()
+        else:
+            self.rate_limit_waits += 1  # a new wait for a budget, cooldown or breaker to reopen
         self._timer_at = when
         self._timer = asyncio.get_running_loop().create_task(self._sleep_then_pump(when))
 

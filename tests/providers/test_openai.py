@@ -126,6 +126,7 @@ async def test_rpm_budget_spaces_requests(sim: OpenAISim, clock: FakeClock) -> N
     async with AsyncClient([ep], clock=clock) as c:
         for _ in range(4):
             await c.chat("openai/m", MSG)
+        assert c.stats()["groups"]["openai"]["rate_limit_waits"] == 3  # each later call waited once
     gaps = [b.at - a.at for a, b in zip(sim.requests, sim.requests[1:], strict=False)]
     assert all(g >= 0.999 for g in gaps)
 
