@@ -46,6 +46,8 @@ FINISH_REASONS = {
     "SPII": "content_filter",
     "IMAGE_SAFETY": "content_filter",
     "LANGUAGE": "content_filter",
+    "IMAGE_PROHIBITED_CONTENT": "content_filter",
+    "IMAGE_RECITATION": "content_filter",
 }
 
 STATUS_ERRORS: dict[str, type[ApimuxError]] = {
@@ -78,6 +80,23 @@ GENERATION_FIELDS = {
 }
 # Native request fields a caller may pass straight through.
 NATIVE_FIELDS = ("safetySettings", "cachedContent", "toolConfig")
+
+# A function call's ``thoughtSignature`` must come back with the call in the
+# next request (Gemini 3 refuses the history with a 400 without it), but an
+# OpenAI tool call has nowhere to keep it but its id: the id we hand out is
+# ``<call id>~sig~<signature>``. "~" is in no base64 alphabet, so the split
+# is unambiguous, and the caller just echoes the id back as usual.
+SIGNATURE_MARK = "~sig~"
+
+
+def id_with_signature(call_id: str, signature: Any) -> str:
+    return f"{call_id}{SIGNATURE_MARK}{signature}" if isinstance(signature, str) and signature else call_id
+
+
+def signature_of(call_id: str) -> str | None:
+    """The ``thoughtSignature`` carried in a tool call id, if any."""
+    _, mark, signature = call_id.rpartition(SIGNATURE_MARK)
+    return signature if mark and signature else None
 
 
 # ---- request translation (pure functions) --------------------------------
@@ -149,8 +168,14 @@ def convert_messages(messages: list[Message]) -> tuple[dict[str, Any] | None, li
             parts = parts_of(m.get("content"))
             for tc in m.get("tool_calls") or ():
                 fn = tc.get("function") or {}
-                names[tc.get("id", "")] = fn.get("name", "")
-                parts.append({"functionCall": {"name": fn.get("name", ""), "args": _args(fn.get("arguments"))}})
+                call_id = str(tc.get("id") or "")
+                names[call_id] = fn.get("name", "")
+                call = {"name": fn.get("name", ""), "args": _args(fn.get("arguments"))}
+                part: dict[str, Any] = {"functionCall": call}
+                signature = signature_of(call_id)
+                if signature:
+                    part["thoughtSignature"] = signature
+                parts.append(part)
             _append(contents, "model", parts)
         elif role == "tool":
             call_id = m.get("tool_call_id", "")
@@ -269,6 +294,7 @@ def split_parts(parts: list[dict[str, Any]], first_index: int = 0) -> tuple[str,
             fc = part["functionCall"]
             # Gemini may omit ids; a stable one lets callers pair results with calls.
             cid = fc.get("id") or f"call_{first_index + len(calls)}_{fc.get('name', '')}"
+            cid = id_with_signature(cid, part.get("thoughtSignature"))
             calls.append(ToolCall(cid, fc.get("name", ""), json.dumps(fc.get("args") or {})))
         elif "text" in part and not part.get("thought"):
             text.append(part["text"])

@@ -169,7 +169,8 @@ class GeminiSim(SimServer):
             body = rec.json
         except ValueError:
             return self._invalid("Invalid JSON payload received.")
-        problem = validate_generate(body)
+        problem = validate_generate(body) or (missing_signature(_get(body, "contents"))
+                                              if model.startswith("gemini-3") else None)
         if problem:
             return self._invalid(problem)
         contents: list[dict[str, Any]] = _get(body, "contents")
@@ -183,7 +184,10 @@ class GeminiSim(SimServer):
         if decl is not None:
             schema = _get(decl, "parametersJsonSchema") or decl.get("parameters") or {}
             args = fake_arguments(schema, _last_user_text(contents), any_case=True)
-            parts = [{"functionCall": {"name": decl["name"], "args": args}}]
+            # Thinking models sign the first function call of a step; the
+            # signature must come back with it (enforced for Gemini 3).
+            parts = [{"functionCall": {"name": decl["name"], "args": args},
+                      "thoughtSignature": base64.b64encode(f"sim-thought:{decl['name']}".encode()).decode()}]
             tokens = json.dumps(args).split()
             finish = "STOP"
         else:
@@ -362,6 +366,32 @@ def validate_generate(body: Any) -> str | None:
     mode = ((_get(body, "toolConfig") or {}).get("functionCallingConfig") or {}).get("mode")
     if mode not in (None, "AUTO", "ANY", "NONE", "VALIDATED", "MODE_UNSPECIFIED"):
         return f"Invalid value at 'tool_config.function_calling_config.mode', \"{mode}\""
+    return None
+
+
+def missing_signature(contents: list[dict[str, Any]]) -> str | None:
+    """Gemini 3's rule: in the current turn (every step since the last user
+    content that is not only function responses) the first function call of
+    each model step must carry the ``thoughtSignature`` it was answered with."""
+    start = 0
+    for i, c in enumerate(contents):
+        if c.get("role") != "model" and any(_get(p, "functionResponse") is None for p in c.get("parts") or ()):
+            start = i + 1
+    for c in contents[start:]:
+        if c.get("role") != "model":
+            continue
+        for j, part in enumerate(c.get("parts") or ()):
+            fc = _get(part, "functionCall")
+            if fc is None:
+                continue
+            signature = _get(part, "thoughtSignature")
+            if not isinstance(signature, str) or not signature:
+                return ("Function call is missing a thought_signature in functionCall parts. This is required for "
+                        "tools to work correctly, and missing thought_signature may lead to degraded model "
+                        f"performance. Additional data, function call `default_api:{fc.get('name')}` , position "
+                        f"{j + 1}. Please refer to https://ai.google.dev/gemini-api/docs/thought-signatures for more "
+                        "details.")
+            break  # parallel calls: only the first one is signed
     return None
 
 

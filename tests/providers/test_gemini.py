@@ -34,6 +34,7 @@ from apimux.providers.gemini import (
     convert_messages,
     convert_tool_choice,
     model_path,
+    signature_of,
 )
 from apimux.testing import Fault, GeminiSim
 from apimux.transport import HttpResponse
@@ -109,6 +110,14 @@ def test_sdk_function_calling_round_trip(sim: GeminiSim) -> None:
     ]
     second = g.models.generate_content(model="gemini-2.5-flash", contents=history, config=config)  # type: ignore[arg-type]
     assert second.text == 'echo: {"result": "sunny"}'
+    # The SDK reads the call's thoughtSignature as bytes and sends it back;
+    # a Gemini 3 model needs it in the history.
+    assert isinstance(first.candidates[0].content.parts[0].thought_signature, bytes)  # type: ignore[index,union-attr]
+    third = g.models.generate_content(model="gemini-3-pro-preview", contents=history, config=config)  # type: ignore[arg-type]
+    assert third.text == 'echo: {"result": "sunny"}'
+    history[1] = types.Content(role="model", parts=[types.Part(function_call=first.function_calls[0])])
+    with pytest.raises(genai_errors.ClientError, match="thought_signature"):
+        g.models.generate_content(model="gemini-3-pro-preview", contents=history, config=config)  # type: ignore[arg-type]
 
 
 def test_sdk_embeds_and_lists_models(sim: GeminiSim) -> None:
@@ -228,11 +237,39 @@ async def test_tools_round_trip_through_the_adapter(sim: GeminiSim) -> None:
         "parametersJsonSchema": WEATHER_TOOL["function"]["parameters"]}]}]  # type: ignore[index]
     assert sent["toolConfig"] == {"functionCallingConfig": {"mode": "ANY"}}
     history = sim.requests[1].json["contents"]
-    call_part = {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}
-    assert history[1] == {"role": "model", "parts": [call_part]}
+    call_part = {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}},
+                 "thoughtSignature": signature_of(call.id)}
+    assert call_part["thoughtSignature"] and history[1] == {"role": "model", "parts": [call_part]}
     assert history[2] == {"role": "user", "parts": [{"functionResponse": {"name": "get_weather",
                                                                           "response": {"sky": "sunny"}}}]}
     assert streamed[-1].finish_reason == "tool_calls" and streamed[-1].tool_calls[0].name == "get_weather"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_gemini_3_tool_loop_sends_the_thought_signature_back(sim: GeminiSim, stream: bool) -> None:
+    """Gemini 3 refuses a history whose function call lost its thoughtSignature
+    (400 "Function call is missing a thought_signature"); the signature rides
+    in the tool call id and is put back on the functionCall part."""
+    model = "gemini/gemini-3-pro-preview"
+    msgs: list[dict[str, Any]] = [{"role": "user", "content": "Paris"}]
+    async with client(sim) as c:
+        if stream:
+            chunks = [ch async for ch in c.chat_stream(model, msgs, tools=[WEATHER_TOOL])]
+            calls = [tc for ch in chunks for tc in ch.tool_calls]
+        else:
+            calls = (await c.chat(model, msgs, tools=[WEATHER_TOOL])).tool_calls
+        assert len(calls) == 1 and signature_of(calls[0].id)
+        msgs += [{"role": "assistant", "content": None, "tool_calls": [calls[0].to_dict()]},
+                 {"role": "tool", "tool_call_id": calls[0].id, "content": '{"sky": "sunny"}'}]
+        second = await c.chat(model, msgs, tools=[WEATHER_TOOL])
+        assert second.text == 'echo: {"sky": "sunny"}'
+        # The simulator holds us to the rule: a history without the signature is refused.
+        msgs[1]["tool_calls"][0]["id"] = "call_0_get_weather"
+        msgs[2]["tool_call_id"] = "call_0_get_weather"
+        with pytest.raises(BadRequest, match="thought_signature"):
+            await c.chat(model, msgs, tools=[WEATHER_TOOL])
+    sent = sim.requests[1].json["contents"][1]["parts"][0]
+    assert sent["thoughtSignature"] == signature_of(calls[0].id)
 
 
 async def test_embeddings_in_order(sim: GeminiSim) -> None:
@@ -318,6 +355,14 @@ def test_convert_messages_roles_tools_and_merging() -> None:
         {"role": "assistant", "content": "done"},
     ])
     assert system == {"parts": [{"text": "a"}]}
+    _, signed = convert_messages([
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "tool_calls": [{"id": "call_0_mcp__f~sig~c2lnCg==", "type": "function",
+                                               "function": {"name": "mcp__f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_0_mcp__f~sig~c2lnCg==", "content": "ok"},
+    ])
+    assert signed[1]["parts"] == [{"functionCall": {"name": "mcp__f", "args": {}}, "thoughtSignature": "c2lnCg=="}]
+    assert signed[2]["parts"][0]["functionResponse"]["name"] == "mcp__f"
     assert contents == [
         {"role": "user", "parts": [{"text": "q"}]},
         {"role": "model", "parts": [{"functionCall": {"name": "f", "args": {"x": 1}}},
@@ -359,6 +404,7 @@ def test_response_finish_reasons_thoughts_and_blocked_prompts() -> None:
     assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (2, 5, 7)
     assert parse({"candidates": [{"content": {"parts": [{"text": "x"}]}, "finishReason": "RECITATION"}]}
                  ).finish_reason == "content_filter"
+    assert parse({"candidates": [{"finishReason": "IMAGE_PROHIBITED_CONTENT"}]}).finish_reason == "content_filter"
     blocked = parse({"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": {"promptTokenCount": 3}})
     assert blocked.text == "" and blocked.finish_reason == "content_filter"
 
