@@ -8,7 +8,9 @@ queue, pool, breakers, retries and stats with every other backend.
 
 A credential is one string ``ACCESS_KEY:SECRET_KEY`` (or
 ``ACCESS_KEY:SECRET_KEY:SESSION_TOKEN``), so the key pool, masking and
-per-key slots work unchanged.
+per-key slots work unchanged. AWS keys never hold a ``:``, but the secret of
+a MinIO or Ceph user may: there it is written ``\\:`` (and a backslash
+``\\\\``); credentials read from ``S3_*``/``AWS_*`` variables are escaped so.
 """
 
 from __future__ import annotations
@@ -36,9 +38,37 @@ class S3Credentials:
         return f"S3Credentials(access_key={mask_key(self.access_key)!r}, secret_key='…')"
 
 
+def _split_escaped(value: str) -> list[str]:
+    """Split at each ``:`` not escaped by a backslash; ``\\:`` and ``\\\\`` unescape."""
+    parts, cur, i = [], [], 0
+    while i < len(value):
+        ch = value[i]
+        if ch == "\\" and i + 1 < len(value) and value[i + 1] in ":\\":
+            cur.append(value[i + 1])
+            i += 2
+            continue
+        if ch == ":":
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+        i += 1
+    parts.append("".join(cur))
+    return parts
+
+
+def _escape(field: str) -> str:
+    return field.replace("\\", "\\\\").replace(":", "\\:")
+
+
 def parse_credential(value: str) -> S3Credentials:
-    """``"ACCESS:SECRET"`` or ``"ACCESS:SECRET:TOKEN"`` -> credentials."""
-    parts = value.split(":", 2)
+    """``"ACCESS:SECRET"`` or ``"ACCESS:SECRET:TOKEN"`` -> credentials (``\\:`` is a literal colon)."""
+    parts = _split_escaped(value)
+    if len(parts) > 3:
+        raise ConfigError(
+            "an s3 credential has at most three ':'-separated parts (write a ':' inside the secret as '\\:')",
+            backend="s3",
+        )
     if len(parts) < 2 or not parts[0] or not parts[1]:
         raise ConfigError(
             f"an s3 credential must be 'ACCESS_KEY:SECRET_KEY' (got {mask_key(value)!r})", backend="s3"
@@ -48,7 +78,9 @@ def parse_credential(value: str) -> S3Credentials:
 
 
 def join_credential(access: str, secret: str, token: str | None = None) -> str:
-    return f"{access}:{secret}:{token}" if token else f"{access}:{secret}"
+    """The one-string form ``parse_credential`` reads back exactly, whatever the secret holds."""
+    fields = [access, secret, token] if token else [access, secret]
+    return ":".join(_escape(f) for f in fields)
 
 
 @register

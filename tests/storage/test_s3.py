@@ -501,6 +501,23 @@ def test_discover_from_s3_and_aws_variables() -> None:
     assert [e.backend for e in endpoints_from_env({"S3_ACCESS_KEY": "a", "S3_SECRET_KEY": "b"})] == ["s3"]
 
 
+def test_a_colon_inside_the_secret_survives_discovery() -> None:
+    # MinIO/Ceph secrets may hold ':' (AWS ones never do); read from the
+    # environment it must reach botocore whole, not be cut into secret + token.
+    for secret, token in (("se:cret", None), ("se:cret", "tok"), ("back\\sl:ash:", None)):
+        env = {"S3_ACCESS_KEY": "AK", "S3_SECRET_KEY": secret}
+        if token:
+            env["S3_SESSION_TOKEN"] = token
+        ep = S3Provider.discover(env)[0]
+        creds = parse_credential(ep.keys[0])
+        assert (creds.access_key, creds.secret_key, creds.session_token) == ("AK", secret, token)
+        args = S3Provider(ep).client_args(ep.keys[0])
+        assert (args["aws_secret_access_key"], args["aws_session_token"]) == (secret, token)
+    assert parse_credential("AK:se\\:cret").secret_key == "se:cret"  # written by hand, escaped
+    with pytest.raises(ConfigError, match="at most three"):
+        parse_credential("AK:se:cr:et")  # ambiguous: refused instead of a silently wrong token
+
+
 async def test_environment_configures_storage_end_to_end(
     moto_url: str, bucket: str, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
