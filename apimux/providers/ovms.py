@@ -193,14 +193,15 @@ class OVMSProvider(OpenAIProvider):
         outs: dict[str, np.ndarray] = {}
         if "outputs" in data:
             value = data["outputs"]
-            if isinstance(value, dict):
+            if isinstance(value, dict) and not _is_b64(value):
                 outs = {n: t.tfs_array(v, types.get(n)) for n, v in value.items()}
             else:  # one output: TF Serving drops its name
                 name = _single_name(types, wanted, "outputs")
                 outs = {name: t.tfs_array(value, types.get(name))}
         else:
             preds = data["predictions"]
-            if isinstance(preds, list) and preds and all(isinstance(r, dict) for r in preds):
+            # Rows of named outputs; a row that is only {"b64": ...} is one unnamed binary output.
+            if isinstance(preds, list) and preds and all(isinstance(r, dict) and not _is_b64(r) for r in preds):
                 names = list(preds[0])
                 outs = {n: t.tfs_array([r[n] for r in preds], types.get(n)) for n in names}
             else:
@@ -320,6 +321,11 @@ def _single_name(types: Mapping[str, Any], wanted: Any, fallback: str) -> str:
     if len(types) == 1:
         return next(iter(types))
     return fallback
+
+
+def _is_b64(value: Mapping[str, Any]) -> bool:
+    """TF Serving's wrapper for a binary string value (outputs named ``*_bytes``)."""
+    return len(value) == 1 and isinstance(value.get("b64"), str)
 
 
 def _json_or_none(body: bytes) -> Any:

@@ -424,6 +424,23 @@ def test_tfserving_values_and_metadata_both_spellings() -> None:
     assert meta["outputs"] == [{"name": "y", "datatype": "BYTES", "shape": []}]
 
 
+def test_tfserving_single_binary_output_is_not_read_as_an_output_named_b64() -> None:
+    # TF Serving drops a lone output's name and wraps binary strings (outputs
+    # named *_bytes) as {"b64": ...}: a row or value that is only that wrapper
+    # is the one unnamed output, in both the row and the columnar answer.
+    p = OVMSProvider(Endpoint("ovms", protocol="tfserving"))
+    call = Call("infer", "m", {"inputs": {"x": X}})
+    rows = {"predictions": [{"b64": "AAE="}, {"b64": "Ag=="}]}
+    out = p.response(call, HttpResponse(200, {}, json.dumps(rows).encode()))
+    assert list(out) == ["predictions"] and out["predictions"].tolist() == [b"\x00\x01", b"\x02"]
+    named = Call("infer", "m", {"inputs": {"x": X}, "outputs": ["png_bytes"]})
+    col = p.response(named, HttpResponse(200, {}, json.dumps({"outputs": {"b64": "AAE="}}).encode()))
+    assert list(col) == ["png_bytes"] and col["png_bytes"].item() == b"\x00\x01"
+    multi = {"predictions": [{"png_bytes": {"b64": "AAE="}, "score": 0.5}]}
+    both = p.response(call, HttpResponse(200, {}, json.dumps(multi).encode()))
+    assert both["png_bytes"].tolist() == [b"\x00\x01"] and both["score"].tolist() == [0.5]
+
+
 def test_check_against_messages() -> None:
     meta = {"inputs": [{"name": "a", "datatype": "FP32", "shape": [-1, 3]}, {"name": "b", "datatype": "BYTES"}]}
     ok = {"a": np.zeros((5, 3), np.float32), "b": np.array(["x"])}
