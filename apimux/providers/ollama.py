@@ -25,7 +25,7 @@ from apimux.errors import (
     error_for_status,
 )
 from apimux.providers.base import Call, Provider, bearer_headers, error_message, load_json, safe_json
-from apimux.providers.messages import image_url_of
+from apimux.providers.messages import SYSTEM_ROLES, image_url_of
 from apimux.providers.registry import register
 from apimux.providers.streams import NDJSONDecoder, parse_keeping_text
 from apimux.transport import HttpRequest, HttpResponse
@@ -104,7 +104,9 @@ def image_from_url(url: str) -> str:
 
 
 def message_to_ollama(m: dict[str, Any], tool_names: dict[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": m["role"]}
+    # Ollama's chat templates know system/user/assistant/tool; OpenAI's newer
+    # "developer" role would be dropped or garbled, so it is sent as system.
+    out: dict[str, Any] = {"role": "system" if m["role"] in SYSTEM_ROLES else m["role"]}
     content = m.get("content")
     if isinstance(content, list):
         texts: list[str] = []

@@ -119,6 +119,16 @@ async def test_chat_stream_usage_and_options(osim: OllamaSim, clock: FakeClock) 
     assert osim.requests[1].json["stream"] is True
 
 
+async def test_developer_role_is_sent_as_system(osim: OllamaSim, clock: FakeClock) -> None:
+    """OpenAI's "developer" role is not one Ollama knows (the simulator refuses
+    it as the templates would drop it): it goes as a system message."""
+    msgs = [{"role": "developer", "content": "Be brief."}, *USER]
+    async with client(osim, clock) as c:
+        r = await c.chat("ollama/test-model", msgs)
+    assert r.text == "echo: hello world"
+    assert osim.requests[0].json["messages"][0] == {"role": "system", "content": "Be brief."}
+
+
 async def test_length_generate_embed_models(osim: OllamaSim, clock: FakeClock) -> None:
     async with client(osim, clock) as c:
         r = await c.chat("ollama/test-model", USER, max_tokens=2)
