@@ -123,7 +123,9 @@ class OVMSProvider(OpenAIProvider):
             return None
         layout = tuple(sorted((n, a.dtype.str, a.shape[1:]) for n, a in inputs.items()))
         outputs = tuple(p.get("outputs") or ())
-        return (call.model, str(p.get("version") or ""), outputs, layout, json.dumps(meta, sort_keys=True))
+        # default=str: metadata built by hand may hold numpy ints; it is only a key here.
+        return (call.model, str(p.get("version") or ""), outputs, layout,
+                json.dumps(meta, sort_keys=True, default=str))
 
     @staticmethod
     def coalesce(calls: list[Call]) -> Call:

@@ -35,6 +35,7 @@ from apimux.providers.ovms import OVMSProvider
 from apimux.testing import Fault
 from apimux.testing.ovms_sim import OVMSSim, SimModel, TensorSpec, default_models, doubler
 from apimux.transport import HttpResponse
+from apimux.types import InferResponse
 
 MSG = [{"role": "user", "content": "hello there"}]
 X = np.arange(6, dtype=np.float32).reshape(2, 3)
@@ -439,6 +440,32 @@ def test_tfserving_single_binary_output_is_not_read_as_an_output_named_b64() -> 
     multi = {"predictions": [{"png_bytes": {"b64": "AAE="}, "score": 0.5}]}
     both = p.response(call, HttpResponse(200, {}, json.dumps(multi).encode()))
     assert both["png_bytes"].tolist() == [b"\x00\x01"] and both["score"].tolist() == [0.5]
+
+
+def test_coalesce_hooks_mixed_dtypes_params_and_empty_batches() -> None:
+    p = OVMSProvider(Endpoint("ovms"))
+    meta = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, np.int64(3)]}],
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 3]}]}
+
+    def call(arr: np.ndarray, **extra: object) -> Call:
+        return Call("infer", "m", {"inputs": {"x": arr}, "metadata": meta, **extra})
+
+    rows = [call(np.full((n, 3), i, np.float32)) for i, n in enumerate((2, 0, 1))]
+    keys = {p.coalesce_key(c) for c in rows}  # numpy ints in hand-made metadata are fine
+    assert len(keys) == 1 and None not in keys
+    assert p.coalesce_key(call(np.zeros((1, 3), np.float64))) not in keys  # another dtype: another batch
+    assert p.coalesce_key(call(np.zeros((1, 3), np.float32), version="2")) not in keys
+    assert p.coalesce_key(call(np.zeros((1, 3), np.float32), parameters={"p": 1})) is None
+    tfs = OVMSProvider(Endpoint("ovms", protocol="tfserving"))
+    assert tfs.coalesce_key(rows[0]) is None
+    merged = p.coalesce(rows)
+    assert merged.params["inputs"]["x"].shape == (3, 3)
+    out = InferResponse({"y": merged.params["inputs"]["x"] * 2}, model="m")
+    parts = p.uncoalesce(out, rows)
+    assert [part["y"].shape for part in parts] == [(2, 3), (0, 3), (1, 3)]  # the empty call gets 0 rows
+    assert parts[2]["y"].tolist() == [[4.0, 4.0, 4.0]]
+    with pytest.raises(UpstreamError, match="3 rows"):
+        p.uncoalesce(InferResponse({"y": np.zeros((2, 3))}, model="m"), rows)
 
 
 def test_check_against_messages() -> None:
