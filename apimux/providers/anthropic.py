@@ -199,7 +199,13 @@ def convert_tool_choice(choice: Any, parallel: Any) -> dict[str, Any] | None:
 def build_body(call: Call, default_max_tokens: int = DEFAULT_MAX_TOKENS) -> dict[str, Any]:
     p = call.params
     system, messages = convert_messages(p.get("messages") or [])
-    max_tokens = p.get("max_tokens") or p.get("max_completion_tokens") or default_max_tokens
+    max_tokens = p.get("max_tokens") or p.get("max_completion_tokens")
+    if not max_tokens:
+        # With extended thinking the API wants max_tokens > thinking.budget_tokens;
+        # the default is room for the answer on top of the thinking budget.
+        thinking = p.get("thinking")
+        budget = thinking.get("budget_tokens") if isinstance(thinking, Mapping) else None
+        max_tokens = default_max_tokens + (int(budget) if isinstance(budget, int) else 0)
     body: dict[str, Any] = {"model": call.model, "max_tokens": int(max_tokens), "messages": messages}
     if system is not None:
         body["system"] = system

@@ -269,6 +269,13 @@ def validate_messages(body: Any) -> str | None:
             return "tool_choice: Input tag does not match any of the expected tags: 'auto', 'any', 'tool', 'none'"
         if choice["type"] == "tool" and not choice.get("name"):
             return "tool_choice.tool.name: Field required"
+    thinking = body.get("thinking")
+    if isinstance(thinking, dict) and thinking.get("type") == "enabled":
+        budget = thinking.get("budget_tokens")
+        if not isinstance(budget, int) or budget < 1024:
+            return "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+        if budget >= mt:
+            return "`max_tokens` must be greater than `thinking.budget_tokens`."
     stops = body.get("stop_sequences")
     if stops is not None and (not isinstance(stops, list) or not all(isinstance(s, str) for s in stops)):
         return "stop_sequences: Input should be a valid list of strings"

@@ -157,6 +157,19 @@ async def test_chat_with_system_and_default_max_tokens(sim: AnthropicSim) -> Non
     assert sim.requests[-1].headers["x-api-key"] == "sk-ant-test"
 
 
+async def test_default_max_tokens_leaves_room_above_the_thinking_budget(sim: AnthropicSim) -> None:
+    """The API refuses max_tokens <= thinking.budget_tokens; a caller who turns
+    thinking on without a max_tokens must not get a 400 from our default."""
+    thinking = {"type": "enabled", "budget_tokens": 2048}
+    async with client(sim) as c:
+        r = await c.chat("anthropic/claude-x", MSG, thinking=thinking)
+        with pytest.raises(BadRequest, match="budget_tokens"):  # the simulator checks the rule
+            await c.chat("anthropic/claude-x", MSG, thinking=thinking, max_tokens=2000)
+    assert r.text == "echo: hello there"
+    assert sim.requests[0].json["max_tokens"] == 2048 + 1024
+    assert sim.requests[0].json["thinking"] == thinking
+
+
 async def test_alias_claude_and_max_tokens_gives_length(sim: AnthropicSim) -> None:
     async with client(sim) as c:
         r = await c.chat("claude/claude-x", MSG, max_tokens=2)
