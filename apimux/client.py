@@ -44,6 +44,7 @@ from apimux.types import (
     ModelInfo,
     Priority,
     RerankResponse,
+    RerankResult,
     Usage,
 )
 
@@ -367,9 +368,24 @@ class AsyncClient:
     ) -> RerankResponse:
         if not isinstance(query, str) or not isinstance(texts, list) or not texts:
             raise BadRequest("rerank needs a query string and a non-empty list of texts")
-        params.update(query=query, texts=texts)
-        result: RerankResponse = await self.call("rerank", model, params, priority=priority)
-        return result
+        limit = await self._batch_limit(self.group(split_model(model)[0]), "rerank")
+        if len(texts) <= limit:
+            result: RerankResponse = await self.call("rerank", model, {**params, "query": query, "texts": texts},
+                                                     priority=priority)
+            return result
+        # More texts than the server takes at once: rank each slice, then merge
+        # (indexes shifted back to the caller's list, best score first).
+        parts = await asyncio.gather(*(
+            self.call("rerank", model, {**params, "query": query, "texts": list(part)}, priority=priority)
+            for part in chunks(texts, limit)
+        ))
+        merged = [
+            RerankResult(r.index + n * limit, r.score, r.text) for n, part in enumerate(parts) for r in part.results
+        ]
+        merged.sort(key=lambda r: r.score, reverse=True)
+        whole = RerankResponse(merged, parts[0].model)
+        whole.info = parts[0].info
+        return whole
 
     async def infer(
         self, model: str, inputs: Any, *, priority: Priority | str | int | None = None, **params: Any

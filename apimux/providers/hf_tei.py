@@ -51,7 +51,7 @@ class TEIProvider(Provider):
     default_base_url = "http://localhost:8080"
     needs_key = False
     # TEI's default --max-client-batch-size; the core may learn the real one from ``info``.
-    batch_limits: ClassVar[dict[str, int]] = {"embed": 32}
+    batch_limits: ClassVar[dict[str, int]] = {"embed": 32, "rerank": 32}  # until /info says otherwise
 
     def headers(self, key: str | None) -> dict[str, str]:
         return bearer_headers(key)

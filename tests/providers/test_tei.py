@@ -139,7 +139,7 @@ async def test_embed_takes_the_list_as_given_and_tei_refuses_too_many(tei: TEISi
             await c.call("embed", "tei/bge", {"input": ["t"] * 5})
     assert info.value.status == 413 and info.value.attempts == 1 and len(tei.requests_to("/embed")) == 1
     assert "max_client_batch_size" in info.value.message  # names the limit, and the server's words
-    assert TEIProvider.batch_limits == {"embed": 32}
+    assert TEIProvider.batch_limits == {"embed": 32, "rerank": 32}  # TEI's default max_client_batch_size
 
 
 async def test_input_too_long_and_422_are_bad_requests_never_retried(tei: TEISim, clock: FakeClock) -> None:
@@ -174,7 +174,7 @@ async def test_424_backend_error_is_not_retried(tei: TEISim, clock: FakeClock) -
     async with client(tei, clock) as c:  # an embedding model asked to rerank: TEI's 424
         with pytest.raises(NotRetryableUpstream, match="not a re-ranker") as info:
             await c.rerank("tei/bge", "q", ["a"])
-    assert info.value.status == 424 and info.value.attempts == 1 and len(tei.requests) == 1
+    assert info.value.status == 424 and info.value.attempts == 1 and len(tei.requests_to("/rerank")) == 1
 
 
 async def test_breaker_opens_on_repeated_503(tei: TEISim) -> None:
@@ -202,7 +202,7 @@ async def test_rerank_sorted_with_text_and_raw_scores(reranker: TEISim, clock: F
     scores = [x.score for x in r.results]
     assert scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores)
     assert raw.results[0].text is None and raw.results[-1].score < 0  # logits, not probabilities
-    assert reranker.requests[0].json == {"query": "capital of france", "texts": DOCS, "return_text": True}
+    assert reranker.requests_to("/rerank")[0].json == {"query": "capital of france", "texts": DOCS, "return_text": True}
 
 
 async def test_info_reports_the_servers_limits(tei: TEISim, clock: FakeClock) -> None:
@@ -311,3 +311,18 @@ async def test_sim_vectors_rank_by_cosine_like_the_client_would(tei: TEISim, clo
         r = await c.embed("tei/bge", ["same text", "same text", "other"])
     sims = cosine_similarity(r.vectors[0], r.vectors[1:])
     assert sims[0] == pytest.approx(1.0) and sims[1] < 0.99  # type: ignore[index]
+
+
+async def test_rerank_over_the_servers_limit_is_split_and_merged(clock: FakeClock) -> None:
+    docs = [f"doc {i} about {'the capital of france' if i % 4 == 0 else 'fruit'}" for i in range(10)]
+    with TEISim(clock=clock, reranker=True, max_client_batch_size=4) as s:
+        async with client(s, clock) as c:
+            split = await c.rerank("tei/rr", "capital of france", docs, return_text=True)
+            whole = await c.call("rerank", "tei/rr", {"query": "capital of france", "texts": docs[:4]})
+    assert [len(r.json["texts"]) for r in s.requests_to("/rerank")][:3] == [4, 4, 2]
+    assert sorted(r.index for r in split.results) == list(range(10))  # every text, once, its own index
+    assert all(docs[r.index] == r.text for r in split.results)
+    scores = [r.score for r in split.results]
+    assert scores == sorted(scores, reverse=True)
+    # The first slice's scores are exactly what the server gives for it alone.
+    assert {r.index: r.score for r in whole.results} == {r.index: r.score for r in split.results if r.index < 4}
