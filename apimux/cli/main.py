@@ -29,10 +29,13 @@ Resuming: run the same command again after a crash or Ctrl-C; ids already
 answered are skipped (failed ones too, unless --retry-failed). Readers take the
 LAST line per custom_id (ignoring lines with "duplicate": true).
 
-Ctrl-C once: stop reading, finish requests in flight, write them, exit 130.
+Ctrl-C once: stop reading, send nothing more, wait for the requests already
+sent and write their results, exit 130. Requests still waiting (in a queue
+behind rate limits, or for a retry) are not written and run next time.
 Ctrl-C twice: abort at once (unfinished requests are re-run next time).
 
-Exit codes: 0 all succeeded, 1 some failed (or --strict stopped the run),
+Exit codes: 0 all succeeded, 1 some failed (or --strict stopped the run, or the
+results file could not be written, e.g. disk full: run again to finish),
 2 usage or configuration error (nothing written), 130 interrupted.
 The summary is also written to OUTPUT.summary.json (see `apimux stats`).
 """

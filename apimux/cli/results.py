@@ -15,6 +15,7 @@ with the file is a set of 64-bit hashes of answered ids.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -130,16 +131,27 @@ class ResultsWriter:
     def __init__(self, path: Path, fsync_every: float = 1.0) -> None:
         self.path = path
         self._fh = path.open("ab", buffering=0)
+        self._size = self._fh.seek(0, os.SEEK_END)  # where the next line starts
         self.fsync_every = fsync_every
         self._synced = time.monotonic()
         self._dirty = False
         self.written = 0
 
     def write(self, record: dict[str, Any]) -> None:
-        data = memoryview(encode(record))
-        while data:  # a raw file may write less than asked
-            n = self._fh.write(data)
-            data = data[n or 0 :]
+        line = encode(record)
+        data = memoryview(line)
+        try:
+            while data:  # a raw file may write less than asked
+                n = self._fh.write(data)
+                data = data[n or 0 :]
+        except OSError:
+            # Disk full, file too large, I/O error: part of the line may be on
+            # disk. Cut it back so the file holds whole lines only (a resume
+            # would cut it anyway; a reader in the meantime should not see it).
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fh.fileno(), self._size)
+            raise
+        self._size += len(line)
         self.written += 1
         self._dirty = True
         now = time.monotonic()

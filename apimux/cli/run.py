@@ -24,6 +24,7 @@ from typing import Any
 from rich.console import Console
 
 from apimux.cli import results as res
+from apimux.cli.gate import Gate, GatedClient, NotSent
 from apimux.cli.jobfile import BadLine, Job, count_lines, iter_lines, parse_line
 from apimux.cli.progress import BackendTally, RunProgress, new_tallies, out_console, summary_table
 from apimux.cli.setup import Overrides, Setup, group_names, load
@@ -108,21 +109,42 @@ class Runner:
         self.interrupted = False
         self.aborted = False
         self.strict_hit = False
+        self.write_error: str | None = None  # the results file could not be written: the run stopped
         self.pending: set[asyncio.Task[None]] = set()
+        self.gate = Gate()
+        self._unsent_watch: asyncio.Task[None] | None = None
         self.window = _window(setup)
         self._groups = group_names(setup.endpoints)
 
     # ---- signals --------------------------------------------------------------
     def _on_signal(self) -> None:
+        self.gate.close()  # from now on nothing new is sent
         if not self.interrupted:
             self.stopping = self.interrupted = True
-            print(f"\napimux: stopping; finishing {len(self.pending)} requests in flight "
+            print(f"\napimux: stopping; finishing the {self.gate.on_wire} requests already sent "
                   "(Ctrl-C again to abort at once)", file=sys.stderr, flush=True)
+            self._unsent_watch = asyncio.get_running_loop().create_task(self._cancel_unsent())
             return
         self.aborted = True
         print("\napimux: aborting", file=sys.stderr, flush=True)
         for t in list(self.pending):
             t.cancel()
+
+    async def _cancel_unsent(self) -> None:
+        """After the first Ctrl-C: once nothing is on the wire, whatever is still
+        pending waits in a queue (rpm/tpm, concurrency), a retry's backoff or a
+        batch window. It was never answered, so it is cancelled unwritten and
+        the next run does it, instead of the exit waiting out those limits."""
+        while True:
+            if self.gate.on_wire == 0:
+                # An answer that just arrived reaches its caller a loop turn or
+                # two later (a micro-batch hands it on): let it be written first.
+                for _ in range(3):
+                    await asyncio.sleep(0)
+                if self.gate.on_wire == 0:
+                    for t in list(self.pending):
+                        t.cancel()
+            await asyncio.sleep(0.02)
 
     # ---- the run --------------------------------------------------------------
     async def run(self) -> dict[str, Any]:
@@ -136,8 +158,8 @@ class Runner:
         if existing.corrupt:
             print(f"apimux: ignored {existing.corrupt} unreadable line(s) in {opts.output}", file=sys.stderr)
         writer = res.ResultsWriter(opts.output)
-        client = AsyncClient(self.setup.endpoints, config={}, settings=self.setup.settings,
-                             cost=self.setup.prices.cost)
+        client = GatedClient(self.setup.endpoints, config={}, settings=self.setup.settings,
+                             cost=self.setup.prices.cost, gate=self.gate)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -197,11 +219,16 @@ class Runner:
                     await asyncio.gather(*list(self.pending), return_exceptions=True)
         finally:
             refresher.cancel()
+            if self._unsent_watch is not None:
+                self._unsent_watch.cancel()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
             self._absorb_stats(client)
-            writer.close()
+            try:
+                writer.close()
+            except OSError as exc:  # the last fsync: what it did not save is re-run next time
+                self._write_failed(exc)
             await client.close()
         return self._summary(total, started, wall_started)
 
@@ -250,8 +277,13 @@ class Runner:
                 result = await client.embed(
                     job.model, inputs, priority=job.priority, max_retries=self.opts.max_retries, **params
                 )
+        except NotSent:
+            return  # stopping: never sent, not written, so the next run does it
         except ApimuxError as err:
-            if err.attempts is None:  # refused before any request: the line's own problem
+            if err.attempts is None and isinstance(err, (ConfigError, BadRequest)):
+                # refused by the client before queueing (unknown backend or model
+                # group, an operation the backend lacks): the line's own problem.
+                # A CircuitOpen or QueueFull also has no attempts, but is not.
                 self.bad_input += 1
                 err.message = f"line {job.line}: {err.message}"
                 if self.opts.strict:
@@ -279,28 +311,56 @@ class Runner:
             }
         else:
             response = {"vectors": result.vectors, "model": result.model}
-        writer.write({
+        if not self._emit(writer, {
             "custom_id": job.custom_id, "line": job.line, "status": "ok", "duplicate": False,
             "model": job.model, "response": response, "error": None,
             "usage": result.usage.to_dict(), "cost": cost, "latency": round(info.latency, 6),
             "attempts": info.attempts, "request_id": info.request_id, "backend": backend,
             "endpoint": info.endpoint,
-        })
+        }):
+            return
         self.tallies[backend].add(True, result.usage, cost, info.latency)
         progress.advance()
+
+    def _emit(self, writer: res.ResultsWriter, record: dict[str, Any]) -> bool:
+        """Write one result; False (and the run stops) if the file cannot take it."""
+        if self.write_error is not None:
+            return False
+        try:
+            writer.write(record)
+        except OSError as exc:
+            self._write_failed(exc)
+            return False
+        return True
+
+    def _write_failed(self, exc: OSError) -> None:
+        """Disk full, quota, I/O error: stop at once. Answers that cannot be
+        written are not kept anywhere, so nothing more is sent; unwritten lines
+        are simply run again next time."""
+        if self.write_error is None:
+            self.write_error = f"cannot write results to {self.opts.output}: {exc.strerror or exc}"
+            print(f"apimux run: {self.write_error}; stopping (run the same command again to finish)",
+                  file=sys.stderr, flush=True)
+        self.stopping = True
+        self.gate.close()
+        me = asyncio.current_task()
+        for t in list(self.pending):
+            if t is not me:
+                t.cancel()
 
     def _write_error(
         self, writer: res.ResultsWriter, line: int, custom_id: str, err: ApimuxError, model: str | None,
         *, latency: float = 0.0, duplicate: bool = False,
     ) -> None:
         backend = err.backend or (model.split("/", 1)[0] if model and "/" in model else None)
-        writer.write({
+        if not self._emit(writer, {
             "custom_id": custom_id, "line": line, "status": "error", "duplicate": duplicate,
             "model": model, "response": None, "error": err.to_dict(),
             "usage": None, "cost": None, "latency": round(latency, 6),
             "attempts": err.attempts or 0, "request_id": err.request_id, "backend": backend,
             "endpoint": err.endpoint,
-        })
+        }):
+            return
         self.errors[err.kind] += 1
         if not duplicate:
             self.tallies[backend or "(bad input)"].add(False, None, None, latency)
@@ -318,7 +378,7 @@ class Runner:
             cost = None
         if self.aborted or self.interrupted:
             code = EXIT_INTERRUPTED
-        elif failed or self.previously_failed or self.strict_hit:
+        elif failed or self.previously_failed or self.strict_hit or self.write_error:
             code = EXIT_FAILED
         else:
             code = EXIT_OK
@@ -328,6 +388,7 @@ class Runner:
             "lines": total, "ok": ok, "failed": failed, "bad_input": self.bad_input,
             "duplicates": self.duplicates, "skipped": self.skipped, "previously_failed": self.previously_failed,
             "interrupted": self.interrupted, "aborted": self.aborted, "strict_stop": self.strict_hit,
+            "write_error": self.write_error,
             "exit_code": code,
             "throughput_per_s": round((ok + failed) / elapsed, 3) if elapsed > 0 else 0.0,
             "tokens": {"prompt": prompt, "completion": completion, "total": prompt + completion},
@@ -349,8 +410,12 @@ def _window(setup: Setup) -> int:
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Atomically: a reader never sees half a summary."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def run_command(opts: RunOptions) -> int:
@@ -363,8 +428,12 @@ def run_command(opts: RunOptions) -> int:
     opts.progress = opts.progress and err_console.is_terminal
     runner = Runner(opts, setup, err_console)
     summary = asyncio.run(runner.run())
-    write_json(summary_path(opts.output), summary)
-    if opts.summary_json is not None:
-        write_json(opts.summary_json, summary)
+    code = int(summary["exit_code"])
+    for path in filter(None, (summary_path(opts.output), opts.summary_json)):
+        try:
+            write_json(path, summary)
+        except OSError as exc:  # the results stand; only the summary is missing
+            print(f"apimux run: cannot write the summary to {path}: {exc.strerror or exc}", file=sys.stderr)
+            code = code or EXIT_FAILED
     out_console().print(summary_table(summary))
-    return int(summary["exit_code"])
+    return code

@@ -19,14 +19,34 @@ ROOT = Path(__file__).resolve().parents[2]
 N = 120
 
 
-def start(workdir: Path, cfg: Path, *extra: str) -> subprocess.Popen[bytes]:
+# Runs the command with a cap on the size of any file it writes (RLIMIT_FSIZE):
+# past it a write is cut short, then fails with EFBIG, as on a full disk.
+LIMITED = (
+    "import resource, runpy, sys; n = int(sys.argv.pop(1)); "
+    "resource.setrlimit(resource.RLIMIT_FSIZE, (n, n)); sys.argv[0] = 'apimux'; "
+    "runpy.run_module('apimux.cli.main', run_name='__main__')"
+)
+
+
+def start(workdir: Path, cfg: Path, *extra: str, file_limit: int | None = None) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.endswith(("_API_KEY", "_BASE_URL"))}
     env.update(SIM_OPENAI_KEY="sk-test-0123456789abcdef", HOME=str(workdir), PYTHONPATH=str(ROOT))
+    launch = ["-m", "apimux.cli.main"] if file_limit is None else ["-c", LIMITED, str(file_limit)]
     return subprocess.Popen(
-        [sys.executable, "-m", "apimux.cli.main", "run", "in.jsonl", "-o", "out.jsonl", "--config", str(cfg),
+        [sys.executable, *launch, "run", "in.jsonl", "-o", "out.jsonl", "--config", str(cfg),
          "--no-progress", *extra],
         cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
+
+
+def finish(proc: subprocess.Popen[bytes], limit: float) -> bytes:
+    try:
+        _, err = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise AssertionError(f"the run did not exit within {limit}s") from None
+    return err
 
 
 def lines_written(path: Path) -> int:
@@ -123,3 +143,44 @@ def test_second_sigint_aborts_at_once(setup: tuple[Path, Path, OpenAISim]) -> No
     assert proc.returncode == 130, err.decode()
     assert time.monotonic() - t0 < 1.5
     assert lines_written(out) == 0
+
+
+def test_first_sigint_does_not_wait_out_rate_limits(setup: tuple[Path, Path, OpenAISim]) -> None:
+    """Requests queued behind an rpm budget were never sent: Ctrl-C leaves them
+    for the next run instead of draining them at one every two seconds."""
+    workdir, cfg, sim = setup
+    out = workdir / "out.jsonl"
+    proc = start(workdir, cfg, "--rpm", "30")
+    wait_for(out, 1, proc)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    err = finish(proc, 10)
+    assert proc.returncode == 130, err.decode()
+    assert time.monotonic() - t0 < 3
+    time.sleep(0.1)
+    answered = {r.json["messages"][0]["content"] for r in sim.requests}
+    written = {r["custom_id"] for r in read_results(out)}
+    assert {f"m{c[1:]}" for c in written} == answered  # every answer sent was written, no more
+    proc = start(workdir, cfg)
+    err = finish(proc, 60)
+    assert proc.returncode == 0, err.decode()
+    check_complete(out)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="needs RLIMIT_FSIZE")
+def test_disk_full_stops_with_whole_lines_then_resumes(setup: tuple[Path, Path, OpenAISim]) -> None:
+    workdir, cfg, sim = setup
+    sim.faults.latency = 0.0
+    out = workdir / "out.jsonl"
+    proc = start(workdir, cfg, file_limit=4000)
+    err = finish(proc, 30)
+    assert proc.returncode == 1, err.decode()  # not 0: results are missing
+    assert b"cannot write results" in err
+    data = out.read_bytes()
+    assert data.endswith(b"\n") and 0 < data.count(b"\n") < N  # whole lines only, nothing torn
+    read_results(out)
+    proc = start(workdir, cfg)
+    err = finish(proc, 60)
+    assert proc.returncode == 0, err.decode()
+    assert b"partial last line" not in err
+    check_complete(out)

@@ -71,3 +71,41 @@ def test_ids_with_escapes_use_the_fast_path(tmp_path: Path) -> None:
 def test_missing_file_is_empty(tmp_path: Path) -> None:
     found = res.scan(tmp_path / "none.jsonl")
     assert not found.ok and not found.failed and found.lines == 0
+
+
+class _TornFile:
+    """A raw file that takes part of a line, then fails like a full disk."""
+
+    def __init__(self, real: object, take: int) -> None:
+        self.real = real
+        self.take = take
+
+    def write(self, data: memoryview) -> int:
+        if self.take:
+            n = self.real.write(data[: self.take])  # type: ignore[attr-defined]
+            self.take = 0
+            return int(n)
+        raise OSError(28, "No space left on device")
+
+    def fileno(self) -> int:
+        return int(self.real.fileno())  # type: ignore[attr-defined]
+
+
+def test_a_failed_write_leaves_no_partial_line(tmp_path: Path) -> None:
+    p = tmp_path / "r.jsonl"
+    w = res.ResultsWriter(p)
+    w.write(rec("a"))
+    before = p.read_bytes()
+    real = w._fh
+    w._fh = _TornFile(real, take=10)  # type: ignore[assignment]
+    try:
+        w.write(rec("b"))
+    except OSError as exc:
+        assert exc.errno == 28
+    else:
+        raise AssertionError("the write error was swallowed")
+    w._fh = real
+    assert p.read_bytes() == before  # whole lines only
+    w.write(rec("c"))  # the writer still appends at the right place
+    w.close()
+    assert [r["custom_id"] for r in res.last_per_id(p).values()] == ["a", "c"]

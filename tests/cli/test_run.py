@@ -198,3 +198,42 @@ def test_usage_errors_exit_2_and_write_nothing(
     if case != "output is dir":
         assert not out.exists()
     assert not (workdir / "out.jsonl.summary.json").exists()
+
+
+def test_open_breaker_is_a_failure_not_bad_input(workdir: Path, sim: OpenAISim,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SIM_OPENAI_KEY", KEY)
+    cfg = write_config(workdir / "apimux.toml", sim, "breaker_threshold = 1\nbreaker_recovery = 60\n")
+    inp = write_jsonl(workdir / "in.jsonl", [chat(f"c{i}", "x") for i in range(4)])
+    out = workdir / "out.jsonl"
+    sim.faults.script(Fault(status=503))
+    # --strict stops at bad input only: an open breaker is the service's state, not the line's fault
+    assert run(str(inp), "-o", str(out), "--config", str(cfg), "--concurrency", "1", "--max-retries", "0",
+               "--strict") == 1
+    rows = read_results(out)
+    assert len(rows) == 4 and len(sim.requests) == 1
+    assert sorted(r["error"]["type"] for r in rows) == ["CircuitOpen"] * 3 + ["UpstreamError"]
+    assert not any(r["error"]["message"].startswith("line ") for r in rows)
+    summary = json.loads((workdir / "out.jsonl.summary.json").read_text())
+    assert (summary["failed"], summary["bad_input"], summary["strict_stop"]) == (4, 0, False)
+
+
+def test_rpm_override_takes_effect(workdir: Path, cfg: Path) -> None:
+    inp = write_jsonl(workdir / "in.jsonl", [chat(f"c{i}", "x") for i in range(6)])
+    assert run(str(inp), "-o", str(workdir / "free.jsonl"), "--config", str(cfg)) == 0
+    assert json.loads((workdir / "free.jsonl.summary.json").read_text())["rate_limit_waits"] == 0
+    # 240 a minute is 4 at once then one every 0.25 s: the 5th and 6th wait for the budget
+    assert run(str(inp), "-o", str(workdir / "rpm.jsonl"), "--config", str(cfg), "--rpm", "240") == 0
+    summary = json.loads((workdir / "rpm.jsonl.summary.json").read_text())
+    assert summary["rate_limit_waits"] >= 1 and summary["ok"] == 6
+    assert summary["elapsed_s"] >= 0.2
+
+
+def test_tpm_override_takes_effect(workdir: Path, cfg: Path) -> None:
+    # each line is estimated at ~91 tokens; 600 a minute allows a 100-token burst: one at a time
+    inp = write_jsonl(workdir / "in.jsonl", [chat(f"c{i}", "x", max_tokens=90) for i in range(3)])
+    assert run(str(inp), "-o", str(workdir / "free.jsonl"), "--config", str(cfg)) == 0
+    assert json.loads((workdir / "free.jsonl.summary.json").read_text())["rate_limit_waits"] == 0
+    assert run(str(inp), "-o", str(workdir / "tpm.jsonl"), "--config", str(cfg), "--tpm", "600") == 0
+    summary = json.loads((workdir / "tpm.jsonl.summary.json").read_text())
+    assert summary["rate_limit_waits"] >= 1 and summary["ok"] == 3
