@@ -18,19 +18,20 @@ from apimux.errors import ApimuxError, AuthError, ConfigError, ConnectionFailed,
 from apimux.providers import registry
 
 
-def _targets(endpoints: list[Endpoint]) -> list[tuple[str, Endpoint]]:
-    """One check per (endpoint, key): each key has its own credentials to test."""
+def _targets(endpoints: list[Endpoint]) -> list[tuple[str, str, Endpoint]]:
+    """One check per (endpoint, key): each key has its own credentials to test.
+    ``(internal group, the configured group name, endpoint with that one key)``."""
     out = []
     for i, ep in enumerate(endpoints):
         for j, key in enumerate(ep.keys or [None]):
             one = dataclasses.replace(ep, api_keys=[key] if key else [], name=f"check-{i}-{j}")
-            out.append((f"check-{i}-{j}", one))
+            out.append((f"check-{i}-{j}", ep.name or ep.backend, one))
     return out
 
 
-async def _check_one(client: AsyncClient, group: str, ep: Endpoint, timeout: float) -> dict[str, Any]:
+async def _check_one(client: AsyncClient, group: str, name: str, ep: Endpoint, timeout: float) -> dict[str, Any]:
     row: dict[str, Any] = {
-        "group": ep.name, "backend": ep.backend, "endpoint": ep.label(ep.keys[0] if ep.keys else None),
+        "group": name, "backend": ep.backend, "endpoint": ep.label(ep.keys[0] if ep.keys else None),
         "reachable": None, "auth": None, "models": None, "breaker": "-", "latency": None, "problem": "",
     }
     try:
@@ -38,13 +39,20 @@ async def _check_one(client: AsyncClient, group: str, ep: Endpoint, timeout: flo
     except ConfigError as exc:
         row["problem"] = exc.message
         return row
-    if not cls.supports("models"):
+    # A backend without a model listing may still describe itself (TEI's /info).
+    op = "models" if cls.supports("models") else "info" if cls.supports("info") else None
+    if op is None:
         row["problem"] = "no model listing for this backend; not checked"
         return row
     t0 = time.monotonic()
     try:
-        models = await asyncio.wait_for(client.call("models", f"{group}/-", {}, max_retries=0), timeout)
-        row.update(reachable=True, auth=True, models=[m.id for m in models])
+        found = await asyncio.wait_for(client.call(op, f"{group}/-", {}, max_retries=0), timeout)
+        if op == "models":
+            models = [m.id for m in found]
+        else:
+            served = found.get("model_id") if isinstance(found, dict) else None
+            models = [served] if isinstance(served, str) else []
+        row.update(reachable=True, auth=True, models=models)
     except AuthError as exc:
         row.update(reachable=True, auth=False, problem=exc.message)
     except (ConnectionFailed, Timeout, TimeoutError) as exc:
@@ -61,12 +69,10 @@ async def _check_one(client: AsyncClient, group: str, ep: Endpoint, timeout: flo
 async def run_checks(config: str | None, timeout: float) -> list[dict[str, Any]]:
     setup = load(config)
     targets = _targets(setup.endpoints)
-    client = AsyncClient([ep for _, ep in targets], config={}, settings=setup.settings)
+    client = AsyncClient([ep for _, _, ep in targets], config={}, settings=setup.settings)
     try:
-        rows = []
-        for group, ep in targets:
-            rows.append(await _check_one(client, group, ep, timeout))
-        return rows
+        # All at once: an unreachable endpoint costs one --timeout in total, not one per key.
+        return list(await asyncio.gather(*(_check_one(client, g, name, ep, timeout) for g, name, ep in targets)))
     finally:
         await client.close()
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from apimux.cli.main import main
 from apimux.testing import OpenAISim
+from apimux.testing.tei_sim import TEISim
 from tests.cli.conftest import write_config, write_jsonl
 
 
@@ -93,3 +96,35 @@ def test_stats_reads_the_last_summary(workdir: Path, capsys: pytest.CaptureFixtu
     assert "local" in capsys.readouterr().out
     assert main(["stats", str(workdir / "r.jsonl"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["ok"] == 1
+
+
+def test_check_hanging_endpoint_costs_one_timeout_not_one_per_key(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a port that accepts connections and never answers
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        monkeypatch.setenv("K", "sk-a-0000000000001,sk-b-0000000000002,sk-c-0000000000003,sk-d-0000000000004")
+        cfg = workdir / "c.toml"
+        cfg.write_text(f'[[endpoints]]\nname = "fast"\nbackend = "openai"\n'
+                       f'base_url = "http://127.0.0.1:{port}/v1"\napi_key_env = "K"\n')
+        t0 = time.monotonic()
+        assert main(["check", "--config", str(cfg), "--timeout", "0.4"]) == 1
+        assert time.monotonic() - t0 < 1.2  # the four keys are checked at once
+    out = capsys.readouterr().out
+    assert out.count("timed out") == 4
+    assert "fast" in out and "check-0" not in out  # the configured group's name, not an internal one
+
+
+def test_check_backend_without_model_listing_uses_its_info(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with TEISim(model_id="BAAI/bge-small-en-v1.5") as sim:
+        cfg = workdir / "c.toml"
+        cfg.write_text(f'[[endpoints]]\nbackend = "hf_tei"\nbase_url = "{sim.base_url}"\n')
+        assert main(["check", "--config", str(cfg)]) == 0
+        out = capsys.readouterr().out
+        assert "bge-small-en-v1.5" in out and "yes" in out
+        assert [r.path for r in sim.requests] == ["/info"]
