@@ -6,7 +6,9 @@
 * The OpenAI-compatible ``/v3`` routes for chat and embeddings: inherited from
   ``OpenAIProvider``, only the path prefix differs.
 
-Tensor ops: ``infer`` (name -> numpy arrays in and out), ``ready`` (server or
+Tensor ops: ``infer`` (name -> numpy arrays in and out; on the KServe face FP16
+tensors travel with the binary tensor data extension, and every tensor does with
+``options={"binary_tensors": True}``), ``ready`` (server or
 model readiness -> bool), ``metadata`` (model metadata dict, in the KServe
 shape on both faces) and ``model_status`` (TF Serving version states).
 
@@ -95,13 +97,50 @@ class OVMSProvider(OpenAIProvider):
             raise BadRequest("outputs must be a list of output names")
         if self.face == "tfserving":
             return self._tfs_predict(call, key, inputs)
-        body: dict[str, Any] = {"id": call.request_id, "inputs": [t.kserve_input(n, a) for n, a in inputs.items()]}
+        return self._kserve_infer(call, key, inputs, outputs, metadata)
+
+    def _kserve_infer(self, call: Call, key: str | None, inputs: dict[str, np.ndarray],
+                      outputs: list[str] | tuple[str, ...] | None, metadata: Mapping[str, Any] | None) -> HttpRequest:
+        """JSON, or the binary tensor data extension when any tensor needs it.
+
+        FP16 always travels binary (JSON has no 16-bit float; Triton and
+        KServe refuse it); every tensor does with ``options={"binary_tensors": True}``.
+        """
+        p = call.params
+        all_binary = bool(self.options.get("binary_tensors"))
+        entries: list[dict[str, Any]] = []
+        tensors: list[bytes] = []
+        for n, a in inputs.items():
+            if all_binary or t.datatype_of(n, a) == "FP16":
+                entry, raw = t.kserve_binary_input(n, a)
+                tensors.append(raw)
+            else:
+                entry = t.kserve_input(n, a)
+            entries.append(entry)
+        # Outputs come back binary when asked: always with binary_tensors, for
+        # outputs the metadata declares FP16 (no server returns those as JSON),
+        # and for all when the request is binary anyway (an FP16 model's
+        # outputs are FP16 too, and the server has shown it speaks the extension).
+        fp16_out = {str(o.get("name")) for o in (metadata or {}).get("outputs") or () if o.get("datatype") == "FP16"}
+        params: dict[str, Any] = dict(p.get("parameters") or {})
+        body: dict[str, Any] = {"id": call.request_id, "inputs": entries}
+        everything = all_binary or bool(tensors)
         if outputs:
-            body["outputs"] = [{"name": o} for o in outputs]
-        if p.get("parameters"):
-            body["parameters"] = dict(p["parameters"])
+            body["outputs"] = [
+                {"name": o, "parameters": {"binary_data": True}} if everything or o in fp16_out else {"name": o}
+                for o in outputs
+            ]
+        elif everything or fp16_out:
+            params.setdefault("binary_data_output", True)
+        if params:
+            body["parameters"] = params
         url = self.root(self._model_path("/v2", call, p.get("version")) + "/infer")
-        return HttpRequest("POST", url, self.headers(key), json=body)
+        if not tensors:
+            return HttpRequest("POST", url, self.headers(key), json=body)
+        data, header_length = t.binary_body(body, tensors)
+        headers = {**self.headers(key), "Content-Type": "application/octet-stream",
+                   t.HEADER_LENGTH: str(header_length)}
+        return HttpRequest("POST", url, headers, data=data)
 
     # ---- micro-batching of single infers (used by the core's batcher) --------
     def coalesce_key(self, call: Call) -> Hashable | None:
@@ -169,14 +208,18 @@ class OVMSProvider(OpenAIProvider):
     def infer_response(self, call: Call, resp: HttpResponse) -> InferResponse:
         if self.face == "tfserving":
             return self._tfs_response(call, resp)
-        header_len = resp.headers.get("Inference-Header-Content-Length")
+        header_len = resp.headers.get(t.HEADER_LENGTH)
         if header_len is not None:
             try:
                 n = int(header_len)
+                if not 0 <= n <= len(resp.body):
+                    raise ValueError(n)
                 data = json.loads(resp.body[:n])
-            except ValueError:
-                raise UpstreamError(f"{self.name} sent an unreadable binary inference header") from None
-            slices = t.split_binary(resp.body, n, data.get("outputs") or [])
+            except (ValueError, UnicodeDecodeError):
+                raise UpstreamError(f"{self.name} sent an unreadable binary inference header "
+                                    f"({t.HEADER_LENGTH}: {header_len}, body of {len(resp.body)} bytes)") from None
+            outs_meta = data.get("outputs") if isinstance(data, dict) else None
+            slices = t.split_binary(resp.body, n, outs_meta if isinstance(outs_meta, list) else [])
         else:
             data = load_json(resp, self.name)
             slices = {}

@@ -8,6 +8,7 @@ the input, what was expected and what was given.
 from __future__ import annotations
 
 import base64
+import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -88,7 +89,8 @@ def _text(name: str, x: Any) -> str:
             return x.decode("utf-8")
         except UnicodeDecodeError:
             raise BadRequest(
-                f"input {name!r} holds bytes that are not UTF-8; KServe JSON carries BYTES as strings"
+                f"input {name!r} holds bytes that are not UTF-8; KServe JSON carries BYTES as strings "
+                "(options={'binary_tensors': True} sends them as binary data)"
             ) from None
     return str(x)
 
@@ -98,15 +100,74 @@ def _json_values(name: str, arr: np.ndarray, datatype: str) -> list[Any]:
     if datatype == "BYTES":
         return [_text(name, x) for x in flat]
     if arr.dtype.kind == "f" and flat.size and not bool(np.isfinite(flat).all()):
-        raise BadRequest(f"input {name!r} contains NaN or infinity, which JSON cannot carry")
+        raise BadRequest(f"input {name!r} contains NaN or infinity, which JSON cannot carry "
+                         "(options={'binary_tensors': True} sends tensors as binary data)")
     return flat.tolist()
 
 
 def kserve_input(name: str, value: Any) -> dict[str, Any]:
-    """One ``inputs[]`` entry: ``{"name", "shape", "datatype", "data"}`` (data flattened, row-major)."""
+    """One ``inputs[]`` entry: ``{"name", "shape", "datatype", "data"}`` (data flattened, row-major).
+
+    FP16 is refused: the open inference protocol has no JSON form for it
+    (Triton and KServe answer 400); send it with ``kserve_binary_input``.
+    """
     arr = as_array(name, value)
     datatype = datatype_of(name, arr)
+    if datatype == "FP16":
+        raise BadRequest(f"input {name!r} is FP16, which KServe v2 servers only accept as binary tensor data")
     return {"name": name, "shape": list(arr.shape), "datatype": datatype, "data": _json_values(name, arr, datatype)}
+
+
+# ---- binary tensor data extension ------------------------------------------------
+# Triton's docs/protocol/extension_binary_data.md (also KServe's): tensors go
+# after the JSON object, little-endian, row-major, no padding; BOOL is one byte
+# 0/1; a BYTES element is a 4-byte little-endian length then its bytes. The
+# header ``Inference-Header-Content-Length`` gives the JSON object's length.
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+def tensor_bytes(name: str, arr: np.ndarray, datatype: str) -> bytes:
+    """An array's bytes in the extension's layout."""
+    if datatype == "BYTES":
+        parts: list[bytes] = []
+        for x in arr.reshape(-1):
+            raw = x if isinstance(x, bytes) else str(x).encode("utf-8")
+            parts.append(len(raw).to_bytes(4, "little") + raw)
+        return b"".join(parts)
+    if datatype == "BOOL":
+        return np.ascontiguousarray(arr, dtype=np.bool_).tobytes()
+    return np.ascontiguousarray(arr, dtype=KSERVE_TO_NP[datatype].newbyteorder("<")).tobytes()
+
+
+def kserve_binary_input(name: str, value: Any) -> tuple[dict[str, Any], bytes]:
+    """One ``inputs[]`` entry carrying ``parameters.binary_data_size`` (and no ``data``), plus its bytes."""
+    arr = as_array(name, value)
+    datatype = datatype_of(name, arr)
+    raw = tensor_bytes(name, arr, datatype)
+    entry = {"name": name, "shape": list(arr.shape), "datatype": datatype,
+             "parameters": {"binary_data_size": len(raw)}}
+    return entry, raw
+
+
+def binary_body(header: Mapping[str, Any], tensors: Sequence[bytes]) -> tuple[bytes, int]:
+    """The JSON object followed by the tensors' bytes, and the JSON's length (for ``HEADER_LENGTH``)."""
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return head + b"".join(tensors), len(head)
+
+
+def tensor_from_bytes(raw: bytes, datatype: str, count: int) -> np.ndarray:
+    """A flat array of ``count`` elements from the extension's bytes; ValueError if they do not fit."""
+    if datatype == "BYTES":
+        arr = _bytes_tensor(raw)
+        if arr.size != count:
+            raise ValueError(f"{arr.size} BYTES elements, expected {count}")
+        return arr
+    dtype = KSERVE_TO_NP[datatype]
+    if len(raw) != count * dtype.itemsize:
+        raise ValueError(f"{len(raw)} bytes, expected {count * dtype.itemsize} for {count} {datatype} values")
+    if datatype == "BOOL" and any(b > 1 for b in raw):
+        raise ValueError("BOOL bytes must be 0 or 1")
+    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype)
 
 
 # ---- checking against model metadata ------------------------------------------
@@ -153,7 +214,10 @@ def kserve_output(out: Mapping[str, Any], binary: bytes | None = None) -> np.nda
     except (TypeError, ValueError):
         raise UpstreamError(f"output {name!r} has an invalid shape {out.get('shape')!r}") from None
     if binary is not None:
-        arr = _bytes_tensor(binary) if datatype == "BYTES" else np.frombuffer(binary, dtype=dtype.newbyteorder("<"))
+        try:
+            arr = tensor_from_bytes(binary, datatype, math.prod(shape))
+        except ValueError as exc:
+            raise UpstreamError(f"output {name!r} has unreadable binary data: {exc}") from None
     else:
         data = out.get("data")
         if data is None:
@@ -169,7 +233,11 @@ def _bytes_tensor(raw: bytes) -> np.ndarray:
     items: list[bytes] = []
     i = 0
     while i < len(raw):
+        if i + 4 > len(raw):
+            raise ValueError(f"a BYTES element's length prefix is cut at byte {i}")
         n = int.from_bytes(raw[i : i + 4], "little")
+        if i + 4 + n > len(raw):
+            raise ValueError(f"a BYTES element of {n} bytes at byte {i} runs past the data")
         items.append(raw[i + 4 : i + 4 + n])
         i += 4 + n
     out = np.empty(len(items), dtype=object)
@@ -178,14 +246,25 @@ def _bytes_tensor(raw: bytes) -> np.ndarray:
 
 
 def split_binary(body: bytes, header_length: int, outputs: Sequence[Mapping[str, Any]]) -> dict[str, bytes]:
-    """Slices of the binary part of a response, by output name, in order."""
+    """Slices of the binary part of a response, by output name.
+
+    The tensors follow the JSON object in the order of the outputs that carry
+    ``binary_data_size``; outputs without it are JSON and take no bytes.
+    """
     out: dict[str, bytes] = {}
     pos = header_length
     for o in outputs:
-        size = (o.get("parameters") or {}).get("binary_data_size")
-        if size is not None:
-            out[str(o["name"])] = body[pos : pos + int(size)]
-            pos += int(size)
+        params = o.get("parameters") if isinstance(o, Mapping) else None
+        size = (params or {}).get("binary_data_size") if isinstance(params, Mapping) else None
+        if size is None:
+            continue
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise UpstreamError(f"output {o.get('name')!r} has an invalid binary_data_size {size!r}")
+        if pos + size > len(body):
+            raise UpstreamError(f"output {o.get('name')!r} declares {size} binary bytes but the body ends "
+                                f"{len(body) - pos} bytes after its start")
+        out[str(o.get("name"))] = body[pos : pos + size]
+        pos += size
     return out
 
 

@@ -3,13 +3,16 @@ OpenAI-compatible (/v3) REST faces over one configurable set of models.
 
 Validated in the tests by the official clients: ``tritonclient.http`` (KServe
 v2), ``ovmsclient`` (TF Serving) and ``openai`` (/v3). Error bodies are OVMS's
-``{"error": "..."}`` with its messages. Tensor data is JSON only: a request
-using the binary tensor extension gets a clear 400.
+``{"error": "..."}`` with its messages. The KServe face speaks the binary
+tensor data extension both ways (inputs with ``binary_data_size``, outputs
+asked with ``binary_data`` or the request's ``binary_data_output``) and, like
+Triton and KServe, refuses FP16 as JSON in either direction.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +21,15 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from apimux.providers.ovms_tensors import KSERVE_TO_NP, KSERVE_TO_TF, shape_matches
+from apimux.providers.ovms_tensors import (
+    HEADER_LENGTH,
+    KSERVE_TO_NP,
+    KSERVE_TO_TF,
+    binary_body,
+    shape_matches,
+    tensor_bytes,
+    tensor_from_bytes,
+)
 from apimux.testing.openai_sim import OpenAISim
 from apimux.testing.server import Fault, Recorded, SimServer
 
@@ -74,7 +85,8 @@ def upper() -> SimModel:
     """BYTES in, BYTES and INT64 out: upper-cased text and its length."""
 
     def fn(x: Arrays) -> Arrays:
-        text = [s.decode() if isinstance(s, bytes) else str(s) for s in x["text"].reshape(-1)]
+        # Binary BYTES arrive as bytes (maybe not UTF-8), JSON ones as str.
+        text = [s.decode("utf-8", "replace") if isinstance(s, bytes) else str(s) for s in x["text"].reshape(-1)]
         out = np.empty(len(text), dtype=object)
         out[:] = [s.upper() for s in text]
         return {"upper": out.reshape(x["text"].shape),
@@ -84,8 +96,15 @@ def upper() -> SimModel:
                     [TensorSpec("upper", "BYTES", [-1]), TensorSpec("length", "INT64", [-1])], fn)
 
 
+def halver() -> SimModel:
+    """FP32 in, FP16 out: a model whose outputs no server returns as JSON."""
+    return SimModel("halver", [TensorSpec("x", "FP32", [-1])], [TensorSpec("half", "FP16", [-1])],
+                    lambda a: {"half": (a["x"] / 2).astype(np.float16)})
+
+
 def default_models() -> list[SimModel]:
-    return [doubler(versions=["1", "2"]), doubler("doubler_i64", "INT64"), negate(), upper()]
+    return [doubler(versions=["1", "2"]), doubler("doubler_i64", "INT64"), doubler("doubler_f16", "FP16"),
+            negate(), upper(), halver()]
 
 
 class _V3(OpenAISim):
@@ -181,39 +200,64 @@ class OVMSSim(SimServer):
         if isinstance(found, web.Response):
             return found
         model, version = found
-        if "Inference-Header-Content-Length" in request.headers:
-            return self._error(400, "binary tensor data extension (Inference-Header-Content-Length) is not supported "
-                                    "by this simulator; send tensors as JSON (binary_data=False)")
-        body = _json(rec)
+        parsed = _split_request(rec)
+        if isinstance(parsed, str):
+            return self._error(400, parsed)
+        body, binary = parsed
         if not isinstance(body, dict):
             return self._error(400, "Request body should be JSON object")
         raw = body.get("inputs")
         if not isinstance(raw, list) or not raw:
             return self._error(400, "Invalid JSON structure, missing inputs")
         arrays: Arrays = {}
+        pos = 0
         for i, item in enumerate(raw):
-            got = _v2_tensor(i, item)
+            got = _v2_tensor(i, item, binary, pos, model.name)
             if isinstance(got, str):
                 return self._error(400, got)
-            arrays[got[0]] = got[1]
+            name, arr, pos = got
+            arrays[name] = arr
+        if binary is not None and pos != len(binary):
+            return self._error(400, f"unexpected additional input data for model '{model.name}'")
         problem = _check(model, arrays, typed=True)
         if problem:
             return self._error(400, problem)
-        wanted = [o.get("name") for o in body.get("outputs") or () if isinstance(o, dict)]
+        requested = [o for o in body.get("outputs") or () if isinstance(o, dict)]
+        wanted = [o.get("name") for o in requested]
         declared = {s.name for s in model.outputs}
-        for name in wanted:
-            if name not in declared:
-                return self._error(400, f"Missing output with specific name - Requested output: {name}")
+        for asked in wanted:
+            if asked not in declared:
+                return self._error(400, f"Missing output with specific name - Requested output: {asked}")
+        as_binary = _binary_outputs(body, requested)
+        if isinstance(as_binary, str):
+            return self._error(400, as_binary)
         results = model.fn(arrays)
         specs = {s.name: s for s in model.outputs}
-        outputs = [
-            {"name": n, "shape": list(a.shape), "datatype": specs[n].datatype, "data": _json_flat(a)}
-            for n, a in results.items() if not wanted or n in wanted
-        ]
+        outputs: list[dict[str, Any]] = []
+        tensors: list[bytes] = []
+        for n, a in results.items():
+            if wanted and n not in wanted:
+                continue
+            datatype = specs[n].datatype
+            entry: dict[str, Any] = {"name": n, "shape": list(a.shape), "datatype": datatype}
+            if as_binary(n):
+                data = tensor_bytes(n, a, datatype)
+                entry["parameters"] = {"binary_data_size": len(data)}
+                tensors.append(data)
+            elif datatype == "FP16":  # Triton's refusal, word for word
+                return self._error(400, "sending FP16 data via JSON is not supported. Please use the "
+                                        f"binary data format for output {n}")
+            else:
+                entry["data"] = _json_flat(a)
+            outputs.append(entry)
         out: dict[str, Any] = {"model_name": model.name, "model_version": version, "outputs": outputs}
         if "id" in body:
             out["id"] = body["id"]
-        return web.json_response(out)
+        if not tensors:
+            return web.json_response(out)
+        payload, header_length = binary_body(out, tensors)
+        return web.Response(body=payload, content_type="application/octet-stream",
+                            headers={HEADER_LENGTH: str(header_length)})
 
     # ---- TF Serving ------------------------------------------------------------
     async def v1_status(self, request: web.Request, rec: Recorded, fault: Fault | None) -> web.StreamResponse:
@@ -316,8 +360,41 @@ def _typed_ok(datatype: str, values: list[Any]) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
-def _v2_tensor(i: int, item: Any) -> tuple[str, np.ndarray] | str:
-    """One KServe input as (name, array), or the 400 message."""
+def _split_request(rec: Recorded) -> tuple[Any, bytes | None] | str:
+    """The JSON object and the binary tensor bytes after it (None: a plain JSON body), or the 400 message."""
+    length = rec.headers.get(HEADER_LENGTH)
+    if length is None:
+        return _json(rec), None
+    try:
+        n = int(length)
+    except ValueError:
+        return f"Unable to parse {HEADER_LENGTH}, got: {length}"
+    if n < 0 or n > len(rec.body):
+        return f"inference header size should be in range (0, {len(rec.body)}), got: {length}"
+    try:
+        return json.loads(rec.body[:n]), rec.body[n:]
+    except (ValueError, UnicodeDecodeError):
+        return "Invalid JSON in the inference header (check Inference-Header-Content-Length)"
+
+
+def _binary_outputs(body: dict[str, Any], requested: list[dict[str, Any]]) -> Callable[[str], bool] | str:
+    """Whether each output goes back binary: its own ``binary_data``, else the request's ``binary_data_output``."""
+    default = (body.get("parameters") or {}).get("binary_data_output", False)
+    if not isinstance(default, bool):
+        return "Unable to parse 'binary_data_output'"
+    own: dict[str, bool] = {}
+    for o in requested:
+        flag = (o.get("parameters") or {}).get("binary_data")
+        if flag is not None:
+            if not isinstance(flag, bool):
+                return "Unable to parse 'binary_data'"
+            own[str(o.get("name"))] = flag
+    return lambda name: own.get(name, default)
+
+
+def _v2_tensor(i: int, item: Any, binary: bytes | None, pos: int,
+               model: str) -> tuple[str, np.ndarray, int] | str:
+    """One KServe input as (name, array, next binary offset), or the 400 message (Triton's wording)."""
     if not isinstance(item, dict) or not isinstance(item.get("name"), str):
         return f"Invalid JSON structure. inputs[{i}] must be an object with a string name"
     name = item["name"]
@@ -326,23 +403,43 @@ def _v2_tensor(i: int, item: Any) -> tuple[str, np.ndarray] | str:
         return f"Invalid input precision - input: {name}; datatype: {datatype!r}"
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
         return f"Invalid input shape - input: {name}; shape must be a list of non-negative integers, got {shape!r}"
-    if "binary_data_size" in (item.get("parameters") or {}):
-        return (f"binary tensor data extension is not supported by this simulator (input {name} has "
-                "binary_data_size); send tensors as JSON (binary_data=False)")
-    if "data" not in item:
+    params = item.get("parameters") or {}
+    has_binary, has_data = "binary_data_size" in params, "data" in item
+    if has_binary and has_data:
+        return ("Input must set only one of the following fields: 'data', 'binary_data_size' in 'parameters', "
+                "'shared_memory_region' in 'parameters'. But set 'data' 'binary_data_size'")
+    count = math.prod(shape)
+    if has_binary:
+        size = params["binary_data_size"]
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            return f"Unable to parse 'binary_data_size' for input {name}"
+        if binary is None:
+            return ("must specify valid 'Infer-Header-Content-Length' in request header and 'binary_data_size' "
+                    "when passing inputs in binary data format")
+        if pos + size > len(binary):
+            return (f"unexpected size for input '{name}', expecting {pos + size - len(binary)} additional bytes "
+                    f"for model '{model}'")
+        try:
+            flat = tensor_from_bytes(binary[pos : pos + size], datatype, count)
+        except ValueError as exc:
+            return f"input byte size mismatch for input '{name}' for model '{model}': {exc}"
+        return name, flat.reshape(shape), pos + size
+    if not has_data:
         return f"No data found in the request - input: {name}"
+    if datatype == "FP16":  # Triton's refusal, word for word (KServe's server says the same)
+        return f"receiving FP16 data via JSON is not supported. Please use the binary data format for input {name}"
     values = _flatten(item["data"])
-    if len(values) != math.prod(shape):
+    if len(values) != count:
         return (f"Invalid number of values in tensor proto container - input: {name}; "
-                f"shape {shape} needs {math.prod(shape)} values, got {len(values)}")
+                f"shape {shape} needs {count} values, got {len(values)}")
     if not _typed_ok(datatype, values):
         return f"Invalid input precision - input: {name}; data does not match datatype {datatype}"
     if datatype == "BYTES":
         arr = np.empty(len(values), dtype=object)
         arr[:] = values
-        return name, arr.reshape(shape)
+        return name, arr.reshape(shape), pos
     try:
-        return name, np.asarray(values, dtype=KSERVE_TO_NP[datatype]).reshape(shape)
+        return name, np.asarray(values, dtype=KSERVE_TO_NP[datatype]).reshape(shape), pos
     except (OverflowError, ValueError):
         return f"Invalid input precision - input: {name}; values out of range for {datatype}"
 

@@ -8,6 +8,7 @@ import base64
 import json
 import struct
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import openai
@@ -34,6 +35,7 @@ from apimux.providers.base import Call
 from apimux.providers.ovms import OVMSProvider
 from apimux.testing import Fault
 from apimux.testing.ovms_sim import OVMSSim, SimModel, TensorSpec, default_models, doubler
+from apimux.testing.server import Recorded
 from apimux.transport import HttpResponse
 from apimux.types import InferResponse
 
@@ -61,6 +63,26 @@ def json_input(name: str, arr: np.ndarray, datatype: str) -> th.InferInput:
     return i
 
 
+def json_outputs(*names: str) -> list[th.InferRequestedOutput]:
+    return [th.InferRequestedOutput(n, binary_data=False) for n in names]
+
+
+def binary_input(name: str, arr: np.ndarray, datatype: str) -> th.InferInput:
+    i = th.InferInput(name, list(arr.shape), datatype)
+    i.set_data_from_numpy(arr)  # tritonclient's default: binary_data=True
+    return i
+
+
+def binary_outputs(*names: str) -> list[th.InferRequestedOutput]:
+    return [th.InferRequestedOutput(n) for n in names]  # default binary_data=True
+
+
+def split_request(rec: Recorded) -> tuple[dict[str, Any], bytes]:
+    """A recorded KServe request as (JSON object, bytes after it)."""
+    n = int(rec.headers.get(t.HEADER_LENGTH, len(rec.body)))
+    return json.loads(rec.body[:n]), rec.body[n:]
+
+
 # ---- KServe v2 face, judged by tritonclient ------------------------------------------------
 def test_tritonclient_health_metadata_and_readiness(osim: OVMSSim) -> None:
     c = th.InferenceServerClient(url=addr(osim))
@@ -79,17 +101,21 @@ def test_tritonclient_health_metadata_and_readiness(osim: OVMSSim) -> None:
 
 def test_tritonclient_infers_fp32_int64_bool_bytes_as_json(osim: OVMSSim) -> None:
     c = th.InferenceServerClient(url=addr(osim))
-    r = c.infer("doubler", [json_input("input", X, "FP32")])
+    r = c.infer("doubler", [json_input("input", X, "FP32")], outputs=json_outputs("output", "sum"))
     assert r.as_numpy("output").dtype == np.float32
     np.testing.assert_array_equal(r.as_numpy("output"), X * 2)
     np.testing.assert_array_equal(r.as_numpy("sum"), [6.0, 24.0])
+    assert "parameters" not in r.get_output("output")  # JSON: the values are in "data"
     big = np.array([[2**40, -3]], dtype=np.int64)
-    r = c.infer("doubler_i64", [json_input("input", big, "INT64")])
+    r = c.infer("doubler_i64", [json_input("input", big, "INT64")], outputs=json_outputs("output"))
     assert r.as_numpy("output").dtype == np.int64 and r.as_numpy("output")[0, 0] == 2**41
-    r = c.infer("negate", [json_input("flags", np.array([True, False, True]), "BOOL")])
+    r = c.infer("negate", [json_input("flags", np.array([True, False, True]), "BOOL")],
+                outputs=json_outputs("inverted"))
     np.testing.assert_array_equal(r.as_numpy("inverted"), [False, True, False])
-    r = c.infer("upper", [json_input("text", np.array(["ab", "héllo"], dtype=object), "BYTES")])
+    r = c.infer("upper", [json_input("text", np.array(["ab", "héllo"], dtype=object), "BYTES")],
+                outputs=json_outputs("upper", "length"))
     assert list(r.as_numpy("upper")) == ["AB", "HÉLLO"] and list(r.as_numpy("length")) == [2, 5]
+    assert t.HEADER_LENGTH not in osim.requests[-1].headers  # a plain JSON request
     # a chosen version and one requested output
     r = c.infer("doubler", [json_input("input", X, "FP32")], model_version="1",
                 outputs=[th.InferRequestedOutput("sum", binary_data=False)])
@@ -99,11 +125,17 @@ def test_tritonclient_infers_fp32_int64_bool_bytes_as_json(osim: OVMSSim) -> Non
 
 def test_tritonclient_sees_errors_in_its_own_exception(osim: OVMSSim) -> None:
     c = th.InferenceServerClient(url=addr(osim))
-    binary = th.InferInput("input", [2, 3], "FP32")
-    binary.set_data_from_numpy(X)  # binary_data=True: the extension the simulator does not speak
-    with pytest.raises(InferenceServerException, match="binary tensor data extension") as e:
-        c.infer("doubler", [binary])
+    half = np.ones((1, 2), np.float16)
+    # FP16 has no JSON form: refused both ways, in Triton's words.
+    with pytest.raises(InferenceServerException, match=r"receiving FP16 data via JSON is not supported\. "
+                       r"Please use the binary data format for input input") as e:
+        c.infer("doubler_f16", [json_input("input", half, "FP16")])
     assert e.value.status() == "400"
+    with pytest.raises(InferenceServerException, match="sending FP16 data via JSON is not supported") as e:
+        c.infer("doubler_f16", [binary_input("input", half, "FP16")], outputs=json_outputs("output"))
+    assert e.value.status() == "400"
+    with pytest.raises(InferenceServerException, match="sending FP16 data via JSON"):
+        c.infer("halver", [json_input("x", np.ones(2, np.float32), "FP32")], outputs=json_outputs("half"))
     with pytest.raises(InferenceServerException, match="requested name is not found") as e:
         c.infer("nope", [json_input("input", X, "FP32")])
     assert e.value.status() == "404"
@@ -115,6 +147,103 @@ def test_tritonclient_sees_errors_in_its_own_exception(osim: OVMSSim) -> None:
     with pytest.raises(InferenceServerException) as e:
         c.infer("doubler", [json_input("input", X, "FP32")])
     assert e.value.status() == "503"
+
+
+def test_tritonclient_binary_extension_with_its_defaults(osim: OVMSSim) -> None:
+    """tritonclient's defaults (binary inputs, binary outputs) for FP32, FP16, INT64, BOOL and BYTES."""
+    c = th.InferenceServerClient(url=addr(osim))
+    r = c.infer("doubler", [binary_input("input", X, "FP32")], outputs=binary_outputs("output", "sum"))
+    assert r.as_numpy("output").dtype == np.float32
+    np.testing.assert_array_equal(r.as_numpy("output"), X * 2)
+    np.testing.assert_array_equal(r.as_numpy("sum"), [6.0, 24.0])
+    assert r.get_output("sum")["parameters"] == {"binary_data_size": 8}
+    head, raw = split_request(osim.requests[-1])
+    assert head["inputs"][0]["parameters"] == {"binary_data_size": 24} and "data" not in head["inputs"][0]
+    assert raw == X.astype("<f4").tobytes()
+
+    half = np.array([[0.5, -1.25, 1024.0], [1e-3, 0.0, -0.0]], np.float16)
+    r = c.infer("doubler_f16", [binary_input("input", half, "FP16")], outputs=binary_outputs("output", "sum"))
+    assert r.as_numpy("output").dtype == np.float16
+    np.testing.assert_array_equal(r.as_numpy("output"), (half * 2).astype(np.float16))
+    np.testing.assert_array_equal(r.as_numpy("sum"), (half * 2).sum(axis=-1).astype(np.float16))
+
+    big = np.array([[2**40, -3], [7, -(2**62)]], np.int64)
+    r = c.infer("doubler_i64", [binary_input("input", big, "INT64")], outputs=binary_outputs("output"))
+    assert r.as_numpy("output").dtype == np.int64 and r.as_numpy("output").tolist() == (big * 2).tolist()
+    assert r.as_numpy("sum") is None  # not asked for
+
+    r = c.infer("negate", [binary_input("flags", np.array([True, False, True]), "BOOL")],
+                outputs=binary_outputs("inverted"))
+    assert r.as_numpy("inverted").dtype == np.bool_ and r.as_numpy("inverted").tolist() == [False, True, False]
+    assert split_request(osim.requests[-1])[1] == b"\x01\x00\x01"  # one byte per BOOL
+
+    text = np.array([b"ab", "héllo".encode(), b""], dtype=object)
+    r = c.infer("upper", [binary_input("text", text, "BYTES")], outputs=binary_outputs("upper", "length"))
+    assert r.as_numpy("upper").tolist() == [b"AB", "HÉLLO".encode(), b""]
+    assert r.as_numpy("length").tolist() == [2, 5, 0]
+    assert split_request(osim.requests[-1])[1] == b"\x02\x00\x00\x00ab\x06\x00\x00\x00h\xc3\xa9llo\x00\x00\x00\x00"
+
+
+def test_tritonclient_binary_mixed_and_binary_data_output(osim: OVMSSim) -> None:
+    c = th.InferenceServerClient(url=addr(osim))
+    # No outputs listed: tritonclient sets the request's binary_data_output, so every output is binary.
+    r = c.infer("doubler", [json_input("input", X, "FP32")])
+    assert split_request(osim.requests[-1])[0]["parameters"] == {"binary_data_output": True}
+    assert all("binary_data_size" in r.get_output(n)["parameters"] for n in ("output", "sum"))
+    np.testing.assert_array_equal(r.as_numpy("output"), X * 2)
+    # One output binary, one JSON, in one answer; a JSON input beside a binary one is fine too.
+    r = c.infer("doubler", [binary_input("input", X, "FP32")],
+                outputs=[th.InferRequestedOutput("output", binary_data=False), th.InferRequestedOutput("sum")])
+    assert "data" in r.get_output("output") and "binary_data_size" in r.get_output("sum")["parameters"]
+    np.testing.assert_array_equal(r.as_numpy("output"), X * 2)
+    np.testing.assert_array_equal(r.as_numpy("sum"), [6.0, 24.0])
+    # FP32 in, FP16 out: fine once the FP16 output is asked for binary.
+    r = c.infer("halver", [json_input("x", np.array([1, 3], np.float32), "FP32")], outputs=binary_outputs("half"))
+    assert r.as_numpy("half").dtype == np.float16 and r.as_numpy("half").tolist() == [0.5, 1.5]
+    # A binary answer carries its JSON length and says it is not plain JSON.
+    resp = requests.post(f"{osim.url}/v2/models/halver/infer", timeout=5,
+                         data=json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [4.0]}],
+                                          "parameters": {"binary_data_output": True}}))
+    n = int(resp.headers[t.HEADER_LENGTH])
+    assert resp.headers["Content-Type"] == "application/octet-stream"
+    assert json.loads(resp.content[:n])["outputs"][0]["parameters"] == {"binary_data_size": 2}
+    assert np.frombuffer(resp.content[n:], "<f2").tolist() == [2.0]
+
+
+def test_simulator_checks_binary_requests(osim: OVMSSim) -> None:
+    url = f"{osim.url}/v2/models/doubler/infer"
+
+    def post(inputs: list[dict[str, Any]], raw: bytes, header: int | str | None = None) -> requests.Response:
+        head = json.dumps({"inputs": inputs}).encode()
+        length = len(head) if header is None else header
+        return requests.post(url, data=head + raw, headers={t.HEADER_LENGTH: str(length)}, timeout=5)
+
+    def spec(size: int, **extra: object) -> dict[str, Any]:
+        return {"name": "input", "shape": [1, 2], "datatype": "FP32", "parameters": {"binary_data_size": size},
+                **extra}
+
+    two = np.array([1.5, 2.5], "<f4").tobytes()
+    r = post([spec(8)], two)
+    assert r.status_code == 200 and r.json()["outputs"][0]["data"] == [3.0, 5.0]  # JSON out unless asked
+    r = post([spec(8)], two[:6])
+    assert r.status_code == 400 and "unexpected size for input 'input', expecting 2 additional bytes" in r.text
+    r = post([spec(8)], two + b"\x00")
+    assert r.status_code == 400 and "unexpected additional input data for model 'doubler'" in r.text
+    r = post([spec(4)], two[:4])
+    assert r.status_code == 400 and "input byte size mismatch for input 'input'" in r.text
+    r = post([spec(8, data=[1.0, 2.0])], two)
+    assert r.status_code == 400 and "Input must set only one of the following fields" in r.text
+    r = post([spec(8)], two, header=10_000)
+    assert r.status_code == 400 and "inference header size should be in range" in r.text
+    r = requests.post(url, data=json.dumps({"inputs": [spec(8)]}), timeout=5)  # no header: nothing after the JSON
+    assert r.status_code == 400 and "must specify valid 'Infer-Header-Content-Length'" in r.text
+    neg = f"{osim.url}/v2/models/negate/infer"
+    head = json.dumps({"inputs": [{"name": "flags", "shape": [2], "datatype": "BOOL",
+                                   "parameters": {"binary_data_size": 2}}]}).encode()
+    r = requests.post(neg, data=head + b"\x01\x07", headers={t.HEADER_LENGTH: str(len(head))}, timeout=5)
+    assert r.status_code == 400 and "BOOL bytes must be 0 or 1" in r.text
+    r = requests.post(neg, data=head + b"\x01\x00", headers={t.HEADER_LENGTH: str(len(head) - 1)}, timeout=5)
+    assert r.status_code == 400 and "Invalid JSON in the inference header" in r.text
 
 
 def test_simulator_validates_request_structure(osim: OVMSSim) -> None:
@@ -225,6 +354,76 @@ async def test_kserve_infer_version_outputs_and_request_shape(osim: OVMSSim, clo
     assert body["outputs"] == [{"name": "sum"}] and body["id"] == out.request_id
     assert body["inputs"] == [{"name": "input", "shape": [2, 3], "datatype": "FP32",
                                "data": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]}]
+
+
+async def test_fp16_round_trip_is_binary_never_json(osim: OVMSSim, clock: FakeClock) -> None:
+    half = np.array([[0.5, -1.25, 1024.0], [1e-3, 0.0, 7.0]], np.float16)
+    async with AsyncClient([ovms(osim)], clock=clock) as c:
+        meta = await c.call("metadata", "ovms/doubler_f16", {})
+        for kwargs in ({"metadata": meta}, {}):  # with metadata, and without it
+            osim.reset()
+            out = await c.infer("ovms/doubler_f16", {"input": half}, **kwargs)  # type: ignore[arg-type]
+            assert out["output"].dtype == np.float16 and out["sum"].dtype == np.float16
+            np.testing.assert_array_equal(out["output"], half * 2)
+            np.testing.assert_array_equal(out["sum"], (half * 2).sum(axis=-1))
+            rec = osim.requests[-1]
+            assert rec.headers["Content-Type"] == "application/octet-stream"
+            head, raw = split_request(rec)
+            assert head["inputs"] == [{"name": "input", "shape": [2, 3], "datatype": "FP16",
+                                       "parameters": {"binary_data_size": 12}}]  # no "data": never JSON
+            assert raw == half.astype("<f2").tobytes()
+            assert head["parameters"] == {"binary_data_output": True}
+        # one FP16 output asked by name: it alone is asked binary
+        await c.infer("ovms/doubler_f16", {"input": half}, outputs=["sum"], metadata=meta)
+        head, _ = split_request(osim.requests[-1])
+        assert head["outputs"] == [{"name": "sum", "parameters": {"binary_data": True}}]
+        assert "parameters" not in head
+
+
+async def test_fp16_outputs_of_an_fp32_model_follow_the_metadata(osim: OVMSSim, clock: FakeClock) -> None:
+    x = np.array([1.0, 3.0], np.float32)
+    async with AsyncClient([ovms(osim)], clock=clock) as c:
+        # Without metadata nothing says the output is FP16: the server refuses to send it as JSON.
+        with pytest.raises(BadRequest, match="sending FP16 data via JSON is not supported"):
+            await c.infer("ovms/halver", {"x": x})
+        meta = await c.call("metadata", "ovms/halver", {})
+        out = await c.infer("ovms/halver", {"x": x}, metadata=meta)
+        assert out["half"].dtype == np.float16 and out["half"].tolist() == [0.5, 1.5]
+        rec = osim.requests[-1]
+        assert t.HEADER_LENGTH not in rec.headers  # the FP32 input still travels as JSON
+        assert rec.json["parameters"] == {"binary_data_output": True}
+        assert rec.json["inputs"][0]["data"] == [1.0, 3.0]
+        out = await c.infer("ovms/halver", {"x": x}, metadata=meta, outputs=["half"], parameters={"p": 1})
+        assert osim.requests[-1].json["outputs"] == [{"name": "half", "parameters": {"binary_data": True}}]
+        assert osim.requests[-1].json["parameters"] == {"p": 1}
+
+
+async def test_binary_tensors_option_sends_and_asks_everything_binary(clock: FakeClock) -> None:
+    models = [doubler(f"d_{k.lower()}", k) for k in DTYPES] + default_models()
+    with OVMSSim(clock=clock, models=models) as s:
+        async with AsyncClient([ovms(s, options={"binary_tensors": True})], clock=clock) as c:
+            for datatype, np_type in DTYPES.items():
+                x = np.array([[1, 2, 3], [4, 5, 60]], dtype=np_type)
+                out = await c.infer(f"ovms/d_{datatype.lower()}", {"input": x})
+                assert out["output"].dtype == np_type, datatype
+                np.testing.assert_array_equal(out["output"], x * 2)
+                head, raw = split_request(s.requests[-1])
+                assert "data" not in head["inputs"][0] and raw == x.astype(x.dtype.newbyteorder("<")).tobytes()
+                assert head["parameters"] == {"binary_data_output": True}
+            flags = await c.infer("ovms/negate", {"flags": np.array([True, False])})
+            assert flags["inverted"].dtype == np.bool_ and flags["inverted"].tolist() == [False, True]
+            # bytes that are not UTF-8, which JSON cannot carry
+            text = await c.infer("ovms/upper", {"text": np.array([b"ab", b"\xffz"], dtype=object)}, outputs=["length"])
+            assert text["length"].tolist() == [2, 2]
+            assert split_request(s.requests[-1])[0]["outputs"] == [{"name": "length",
+                                                                    "parameters": {"binary_data": True}}]
+            # NaN and infinity, which JSON cannot carry either
+            odd = np.array([[np.nan, np.inf]], np.float32)
+            out = await c.infer("ovms/d_fp32", {"input": odd})
+            assert np.isnan(out["output"][0, 0]) and out["output"][0, 1] == np.inf
+        async with AsyncClient([ovms(s)], clock=clock) as c:  # without the option they are refused at home
+            with pytest.raises(BadRequest, match="binary_tensors"):
+                await c.infer("ovms/d_fp32", {"input": odd})
 
 
 async def test_ready_live_metadata_and_status_ops(osim: OVMSSim, clock: FakeClock) -> None:
@@ -362,11 +561,45 @@ def test_ovms_config_from_env() -> None:
 ])
 def test_kserve_encode_decode_every_numeric_datatype(np_type: type, datatype: str) -> None:
     x: np.ndarray = np.array([[1, 0, 1], [0, 1, 1]]).astype(np_type)
+    # binary: every datatype, little-endian whatever the array's byte order
+    entry, raw = t.kserve_binary_input("x", x.astype(x.dtype.newbyteorder(">")))
+    assert entry == {"name": "x", "shape": [2, 3], "datatype": datatype,
+                     "parameters": {"binary_data_size": 6 * x.itemsize}}
+    assert raw == x.astype(x.dtype.newbyteorder("<")).tobytes()
+    back = t.kserve_output({**entry, "name": "y"}, raw)
+    assert back.dtype == np.dtype(np_type) and back.shape == (2, 3)
+    np.testing.assert_array_equal(back, x)
+    if datatype == "FP16":  # no JSON form: refused before anything is sent
+        with pytest.raises(BadRequest, match="FP16, which KServe v2 servers only accept as binary"):
+            t.kserve_input("x", x)
+        return
     enc = t.kserve_input("x", x)
     assert enc["datatype"] == datatype and enc["shape"] == [2, 3] and len(enc["data"]) == 6
     back = t.kserve_output(json.loads(json.dumps({**enc, "name": "y"})))
     assert back.dtype == np.dtype(np_type) and back.shape == (2, 3)
     np.testing.assert_array_equal(back, x)
+
+
+def test_binary_tensor_bytes_and_bad_binary_answers() -> None:
+    entry, raw = t.kserve_binary_input("s", np.array([[b"\xff\x00", "é"]], dtype=object))
+    assert entry["shape"] == [1, 2] and entry["datatype"] == "BYTES"
+    assert raw == b"\x02\x00\x00\x00\xff\x00\x02\x00\x00\x00\xc3\xa9"
+    assert t.kserve_output({**entry, "name": "o"}, raw).tolist() == [[b"\xff\x00", "é".encode()]]
+    body, n = t.binary_body({"inputs": [entry]}, [raw])
+    assert json.loads(body[:n]) == {"inputs": [entry]} and body[n:] == raw
+    f32 = {"name": "o", "datatype": "FP32", "shape": [2], "parameters": {"binary_data_size": 8}}
+    with pytest.raises(UpstreamError, match="unreadable binary data: 4 bytes, expected 8"):
+        t.kserve_output(f32, b"\x00" * 4)
+    with pytest.raises(UpstreamError, match="runs past the data"):
+        t.kserve_output({"name": "o", "datatype": "BYTES", "shape": [1]}, b"\x09\x00\x00\x00ab")
+    with pytest.raises(UpstreamError, match="declares 8 binary bytes but the body ends 3 bytes"):
+        t.split_binary(b"{}abc", 2, [f32])
+    with pytest.raises(UpstreamError, match="invalid binary_data_size"):
+        t.split_binary(b"{}", 2, [{**f32, "parameters": {"binary_data_size": -1}}])
+    p = OVMSProvider(Endpoint("ovms"))
+    call = Call("infer", "m", {"inputs": {}})
+    with pytest.raises(UpstreamError, match="unreadable binary inference header"):
+        p.response(call, HttpResponse(200, {t.HEADER_LENGTH: "99"}, b"{}"))
 
 
 def test_kserve_bytes_and_rejections() -> None:
