@@ -309,8 +309,9 @@ class AsyncClient:
             raise BadRequest("embed inputs must be a string or a non-empty list of strings")
         name, _ = split_model(model)
         limit = await self._batch_limit(self.group(name), "embed")
-        if len(inputs) == 1 and limit > 1 and self.settings.batch_window > 0 and wait and max_retries is None:
-            key = ("embed", model, json.dumps(params, sort_keys=True, default=str))
+        if len(inputs) == 1 and limit > 1 and self.settings.batch_window > 0 and wait:
+            # Calls share a request only when everything but the text is the same.
+            key = ("embed", model, json.dumps(params, sort_keys=True, default=str), max_retries)
             result: EmbedResponse = await self._batcher.submit(key, inputs[0], limit, Priority.parse(priority))
             return result
         kw: dict[str, Any] = {"priority": priority, "wait": wait, "queue_timeout": queue_timeout,
@@ -325,17 +326,17 @@ class AsyncClient:
         return whole
 
     async def _flush_embeds(
-        self, model: str, params: dict[str, Any], items: list[str], priority: Priority
+        self, model: str, params: dict[str, Any], items: list[str], priority: Priority, max_retries: int | None
     ) -> list[Any]:
+        kw: dict[str, Any] = {"priority": priority, "max_retries": max_retries}
         try:
-            batch: EmbedResponse = await self.call("embed", model, {**params, "input": items}, priority=priority)
+            batch: EmbedResponse = await self.call("embed", model, {**params, "input": items}, **kw)
         except BadRequest:
             if len(items) == 1:
                 raise
             # One bad item must not sink its neighbours: each gets its own answer.
             return list(await asyncio.gather(
-                *(self.call("embed", model, {**params, "input": [t]}, priority=priority) for t in items),
-                return_exceptions=True,
+                *(self.call("embed", model, {**params, "input": [t]}, **kw) for t in items), return_exceptions=True
             ))
         out = []
         for vector, usage in zip(batch.vectors, share_usage(batch.usage, items), strict=True):
@@ -415,7 +416,7 @@ class AsyncClient:
     async def _flush(self, key: Hashable, items: list[Any], priority: Priority) -> list[Any]:
         assert isinstance(key, tuple)
         if key[0] == "embed":
-            return await self._flush_embeds(key[1], json.loads(key[2]), items, priority)
+            return await self._flush_embeds(key[1], json.loads(key[2]), items, priority, key[3])
         return await self._flush_infers(key[1], items, priority)
 
     async def _flush_infers(self, model: str, calls: list[Call], priority: Priority) -> list[Any]:

@@ -107,3 +107,16 @@ async def test_ovms_infers_stack_along_a_declared_batch_dimension(clock: FakeClo
         np.testing.assert_array_equal(a["output"], x * 2)
         np.testing.assert_array_equal(a["sum"], (x * 2).sum(axis=-1))
         np.testing.assert_array_equal(a["output"], b["output"])
+
+
+async def test_max_retries_is_kept_and_batching_still_applies(sim: OpenAISim, clock: FakeClock) -> None:
+    from apimux import UpstreamError
+    from apimux.testing import Fault
+
+    async with client(sim, clock) as c:
+        results = await asyncio.gather(*(c.embed(MODEL, f"t{i}", max_retries=2) for i in range(10)))
+        assert len(results) == 10 and len(sim.requests) == 1  # still one upstream call
+        sim.faults.script(*[Fault(status=503) for _ in range(3)])
+        with pytest.raises(UpstreamError) as info:
+            await asyncio.gather(*(c.embed(MODEL, f"u{i}", max_retries=1) for i in range(5)))
+    assert info.value.attempts == 2  # the callers' max_retries reached the batch
