@@ -209,6 +209,7 @@ class AsyncClient:
         return CallOptions(
             Priority.parse(priority), wait,
             queue_timeout if queue_timeout is not None else self.settings.queue_timeout, max_retries,
+            self.settings.breaker_wait,
         )
 
     def _call(self, op: str, model: str, params: dict[str, Any], stream: bool = False) -> tuple[Group, Call]:

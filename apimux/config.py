@@ -102,6 +102,7 @@ class Settings:
     queue_size: int = 100
     queue_aging: float = 30.0
     queue_timeout: float | None = None  # how long a caller waits for queue space; None = forever
+    breaker_wait: float = 0.0  # how long a call may wait for an open breaker; 0 = CircuitOpen at once
     batch_window: float = 0.005
     send_request_id: bool = True
 

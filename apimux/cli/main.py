@@ -34,6 +34,10 @@ sent and write their results, exit 130. Requests still waiting (in a queue
 behind rate limits, or for a retry) are not written and run next time.
 Ctrl-C twice: abort at once (unfinished requests are re-run next time).
 
+Outages: when every server of a backend has an open circuit breaker, requests
+wait up to 5 minutes for it to let traffic through again (settings.breaker_wait
+in the config changes this) instead of failing every remaining line at once.
+
 Exit codes: 0 all succeeded, 1 some failed (or --strict stopped the run, or the
 results file could not be written, e.g. disk full: run again to finish),
 2 usage or configuration error (nothing written), 130 interrupted.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -29,6 +30,7 @@ from apimux.cli.jobfile import BadLine, Job, count_lines, iter_lines, parse_line
 from apimux.cli.progress import BackendTally, RunProgress, new_tallies, out_console, summary_table
 from apimux.cli.setup import Overrides, Setup, group_names, load
 from apimux.client import AsyncClient
+from apimux.config import Settings
 from apimux.errors import ApimuxError, BadRequest, ConfigError
 from apimux.types import ChatResponse, EmbedResponse
 
@@ -52,6 +54,17 @@ class RunOptions:
 
 class UsageError(Exception):
     """A problem found before starting: one message, exit code 2, nothing written."""
+
+
+# A batch job waits out an outage rather than failing every remaining line the
+# moment a breaker opens; the config's own breaker_wait, when set, wins.
+BATCH_BREAKER_WAIT = 300.0
+
+
+def batch_settings(settings: Settings) -> Settings:
+    if settings.breaker_wait > 0:
+        return settings
+    return dataclasses.replace(settings, breaker_wait=BATCH_BREAKER_WAIT)
 
 
 def summary_path(output: Path) -> Path:
@@ -158,7 +171,7 @@ class Runner:
         if existing.corrupt:
             print(f"apimux: ignored {existing.corrupt} unreadable line(s) in {opts.output}", file=sys.stderr)
         writer = res.ResultsWriter(opts.output)
-        client = GatedClient(self.setup.endpoints, config={}, settings=self.setup.settings,
+        client = GatedClient(self.setup.endpoints, config={}, settings=batch_settings(self.setup.settings),
                              cost=self.setup.prices.cost, gate=self.gate)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -33,6 +33,7 @@ class CallOptions:
     wait: bool = True  # wait for queue space (False: QueueFull at once)
     queue_timeout: float | None = None
     max_retries: int | None = None
+    breaker_wait: float = 0.0  # patience with open breakers (see GroupScheduler.acquire)
 
 
 @dataclass(slots=True)
@@ -210,7 +211,8 @@ class Executor:
     ) -> Lease:
         try:
             return await sched.acquire(
-                opts.priority, tokens, avoid=avoid, retry=tries > 0, wait=opts.wait, timeout=opts.queue_timeout
+                opts.priority, tokens, avoid=avoid, retry=tries > 0, wait=opts.wait, timeout=opts.queue_timeout,
+                patience=opts.breaker_wait,
             )
         except ApimuxError as err:
             self.stats.series(backend, "-", call.model).rejected[err.kind] += 1

@@ -8,7 +8,7 @@ the whole scheduler thread-safe.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
 from apimux.types import Priority
@@ -72,6 +72,24 @@ class LevelQueue(Generic[T]):
             raise IndexError("pop from an empty queue")
         self._size -= 1
         return level.popleft()[1]
+
+    def items(self) -> Iterator[T]:
+        """Every queued item, best level first, FIFO within a level."""
+        for level in self._levels:
+            for _, item in level:
+                yield item
+
+    def remove_where(self, pred: Callable[[T], bool]) -> list[T]:
+        """Take out every item ``pred`` accepts, keeping the others' order and age."""
+        taken: list[T] = []
+        for level in self._levels:
+            kept = [e for e in level if not pred(e[1])]
+            if len(kept) != len(level):
+                taken.extend(e[1] for e in level if pred(e[1]))
+                level.clear()
+                level.extend(kept)
+        self._size -= len(taken)
+        return taken
 
     def remove(self, item: T) -> bool:
         """Drop a cancelled item; O(n) but only on cancellation."""

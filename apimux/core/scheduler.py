@@ -29,6 +29,7 @@ class Ticket:
     avoid: Server | None
     future: asyncio.Future[Lease]
     enqueued: float = 0.0
+    deadline: float = 0.0  # until when it may wait for an open breaker (enqueued + patience)
     counted: bool = True  # holds one of the queue's places (retries re-enter without one)
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -104,20 +105,27 @@ class GroupScheduler:
         retry: bool = False,
         wait: bool = True,
         timeout: float | None = None,
+        patience: float = 0.0,
     ) -> Lease:
         """Wait for a lease. A retry re-enters at the front of its level
-        without taking a new queue place (it already waited once)."""
+        without taking a new queue place (it already waited once).
+
+        When every server's breaker is open the call fails with CircuitOpen,
+        unless ``patience`` lets it wait that long for a breaker to let
+        traffic through again (a batch job would rather wait out an outage
+        than fail every remaining line in a second)."""
         if not len(self.queue):
             # Fast path: nobody is waiting, so a free slot goes to this caller now.
             got = self.pool.acquire(self.clock.now(), tokens, avoid)
             if not isinstance(got, Blocked):
                 return got
-            if got.circuit_open:
+            if got.circuit_open and patience <= 0:
                 raise CircuitOpen(f"every server for {self.name!r} has an open circuit breaker")
         if not retry:
             await self._wait_for_place(wait, timeout)
         loop = asyncio.get_running_loop()
-        ticket = Ticket(priority, tokens, avoid, loop.create_future(), self.clock.now(), counted=not retry)
+        now = self.clock.now()
+        ticket = Ticket(priority, tokens, avoid, loop.create_future(), now, now + patience, counted=not retry)
         self.queue.push(ticket, priority, front=retry)
         self._pump()
         try:
@@ -150,11 +158,12 @@ class GroupScheduler:
             got = self.pool.acquire(now, ticket.tokens, ticket.avoid)
             if isinstance(got, Blocked):
                 if got.circuit_open:
-                    self._reject_all_open(got)
-                    if not len(self.queue):
-                        return
-                    if got.until is not None:
-                        self._wake_at(got.until)
+                    patient = self._reject_impatient(now)
+                    # Look again when a breaker may admit traffic or a wait runs out
+                    # (a half-open probe's answer pumps by itself on release).
+                    wakes = [t.deadline for t in patient] + ([got.until] if got.until is not None else [])
+                    if wakes:
+                        self._wake_at(min(wakes))
                     return
                 if got.until is not None:
                     self._wake_at(got.until)
@@ -163,15 +172,16 @@ class GroupScheduler:
             self._left_queue(ticket)
             ticket.future.set_result(got)
 
-    def _reject_all_open(self, blocked: Blocked) -> None:
-        # Every server's breaker is open: fail fast rather than queue behind it.
-        while len(self.queue):
-            ticket = self.queue.pop()
+    def _reject_impatient(self, now: float) -> list[Ticket]:
+        """Every server's breaker is open: fail fast whoever may not wait
+        (longer); return the tickets still waiting."""
+        for ticket in self.queue.remove_where(lambda t: t.deadline <= now or t.future.done()):
             self._left_queue(ticket)
             if not ticket.future.done():
                 ticket.future.set_exception(
                     CircuitOpen(f"every server for {self.name!r} has an open circuit breaker")
                 )
+        return list(self.queue.items())
 
     def _wake_at(self, when: float) -> None:
         if self._timer is not None and not self._timer.done() and self._timer_at <= when:

@@ -203,7 +203,9 @@ def test_usage_errors_exit_2_and_write_nothing(
 def test_open_breaker_is_a_failure_not_bad_input(workdir: Path, sim: OpenAISim,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SIM_OPENAI_KEY", KEY)
-    cfg = write_config(workdir / "apimux.toml", sim, "breaker_threshold = 1\nbreaker_recovery = 60\n")
+    # breaker_wait near 0: lines fail fast with CircuitOpen instead of waiting out the breaker
+    cfg = write_config(workdir / "apimux.toml", sim,
+                       "breaker_threshold = 1\nbreaker_recovery = 60\nbreaker_wait = 0.001\n")
     inp = write_jsonl(workdir / "in.jsonl", [chat(f"c{i}", "x") for i in range(4)])
     out = workdir / "out.jsonl"
     sim.faults.script(Fault(status=503))
@@ -216,6 +218,21 @@ def test_open_breaker_is_a_failure_not_bad_input(workdir: Path, sim: OpenAISim,
     assert not any(r["error"]["message"].startswith("line ") for r in rows)
     summary = json.loads((workdir / "out.jsonl.summary.json").read_text())
     assert (summary["failed"], summary["bad_input"], summary["strict_stop"]) == (4, 0, False)
+
+
+def test_a_run_waits_out_an_open_breaker_instead_of_failing_the_rest(
+    workdir: Path, sim: OpenAISim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SIM_OPENAI_KEY", KEY)
+    cfg = write_config(workdir / "apimux.toml", sim, "breaker_threshold = 1\nbreaker_recovery = 0.3\n")
+    inp = write_jsonl(workdir / "in.jsonl", [chat(f"c{i}", "x") for i in range(6)])
+    out = workdir / "out.jsonl"
+    sim.faults.script(Fault(status=503))
+    assert run(str(inp), "-o", str(out), "--config", str(cfg), "--concurrency", "1", "--max-retries", "0") == 1
+    rows = read_results(out)
+    # The first line met the outage; the others waited for the breaker's probe and succeeded.
+    assert sorted(r["status"] for r in rows) == ["error"] + ["ok"] * 5
+    assert len(sim.requests) == 6
 
 
 def test_rpm_override_takes_effect(workdir: Path, cfg: Path) -> None:

@@ -391,3 +391,33 @@ async def test_a_caller_cancelled_while_waiting_for_a_place_is_cancelled(sim: Op
             await timed
         await asyncio.gather(*busy)
         assert (await c.chat(MODEL, msg("room again"))).text == "echo: room again"
+
+
+async def test_breaker_wait_lets_calls_wait_out_an_outage(sim: OpenAISim) -> None:
+    clock = FakeClock(autojump=False)
+    settings = Settings(retry=RetrySettings(max_retries=0), breaker_threshold=2, breaker_recovery=30,
+                        breaker_wait=100)
+    sim.faults.script(Fault(status=503), Fault(status=503))
+    async with client_for(sim, clock, settings=settings) as c:
+        for _ in range(2):
+            with pytest.raises(UpstreamError):
+                await c.chat(MODEL, msg("outage"))
+        waiting = [asyncio.create_task(c.chat(MODEL, msg(f"w{i}"))) for i in range(5)]
+        await asyncio.sleep(0.02)
+        assert not any(t.done() for t in waiting) and len(sim.requests) == 2  # nothing sent to the open server
+        clock.advance(30)  # half-open: one probe, it succeeds, the breaker closes, the rest follow
+        results = await asyncio.gather(*waiting)
+        assert [r.text for r in results] == [f"echo: w{i}" for i in range(5)]
+    # A wait has a limit: past breaker_wait (here shorter than the recovery) the call fails.
+    short = Settings(retry=RetrySettings(max_retries=0), breaker_threshold=2, breaker_recovery=30, breaker_wait=10)
+    sim.faults.script(Fault(status=503), Fault(status=503))
+    async with client_for(sim, clock, settings=short) as c:
+        for _ in range(2):
+            with pytest.raises(UpstreamError):
+                await c.chat(MODEL, msg("outage again"))
+        late = asyncio.create_task(c.chat(MODEL, msg("gives up")))
+        await asyncio.sleep(0.02)
+        assert not late.done()
+        clock.advance(10)
+        with pytest.raises(CircuitOpen):
+            await late
