@@ -74,7 +74,7 @@ class Executor:
         hint = provider.rate_hint(resp.headers)
         if hint is not None:
             Pool.learn(lease, hint, self.clock.now())
-        if resp.status >= 400:
+        if resp.status >= 400 and not provider.is_answer(call, resp):
             raise provider.error(call, resp)
         with unreadable_is_upstream(provider.name):
             return provider.response(call, resp)

@@ -122,6 +122,11 @@ class Provider:
     def rate_hint(self, headers: Mapping[str, str]) -> RateHint | None:
         return None
 
+    def is_answer(self, call: Call, resp: HttpResponse) -> bool:
+        """Whether an error status is this operation's normal answer (a health
+        probe's "not ready"), to be parsed rather than raised."""
+        return False
+
 
 def bearer_headers(key: str | None) -> dict[str, str]:
     """JSON wanted, and the key (when there is one) as an ``Authorization: Bearer`` token."""

@@ -324,6 +324,11 @@ class OVMSProvider(OpenAIProvider):
             err.retryable = False
         return err
 
+    def is_answer(self, call: Call, resp: HttpResponse) -> bool:
+        # A readiness probe's 503 (or Triton's 400) means "not ready": the answer
+        # False, not a failure, so it neither raises nor counts against the breaker.
+        return call.op == "ready" and resp.status in (400, 503) and not isinstance(self.error(call, resp), NotFound)
+
 
 @register
 class OVMSOpenAIProvider(OpenAIProvider):
