@@ -76,8 +76,10 @@ class Executor:
             Pool.learn(lease, hint, self.clock.now())
         if resp.status >= 400 and not provider.is_answer(call, resp):
             raise provider.error(call, resp)
-        with unreadable_is_upstream(provider.name):
+        try:  # inline rather than a context manager: this is the hot path
             return provider.response(call, resp)
+        except _UNREADABLE as exc:
+            raise unreadable(provider.name, exc) from exc
 
     # ---- unary calls -------------------------------------------------------
     async def run(
@@ -276,16 +278,23 @@ class Executor:
         sched.release(lease)
 
 
+# A 2xx body of an unexpected shape is the service's fault: a typed, retryable
+# UpstreamError rather than a KeyError escaping to the caller.
+_UNREADABLE = (KeyError, IndexError, TypeError, ValueError, AttributeError)
+
+
+def unreadable(backend: str, exc: Exception) -> UpstreamError:
+    return UpstreamError(f"{backend} sent a response apimux could not read ({type(exc).__name__}: {exc})")
+
+
 @contextmanager
 def unreadable_is_upstream(backend: str) -> Iterator[None]:
-    """A 2xx body of an unexpected shape is the service's fault: a typed,
-    retryable UpstreamError rather than a KeyError escaping to the caller."""
     try:
         yield
     except ApimuxError:
         raise
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-        raise UpstreamError(f"{backend} sent a response apimux could not read ({type(exc).__name__}: {exc})") from exc
+    except _UNREADABLE as exc:
+        raise unreadable(backend, exc) from exc
 
 
 def _fields(s: RetrySettings) -> dict[str, Any]:
