@@ -137,6 +137,10 @@ class AsyncClient:
             self.clock, self.settings.retry, self._stats, send_request_id=self.settings.send_request_id, cost=cost
         )
         self._groups: dict[str, Group] = {}
+        self._routes: dict[tuple[str, str, bool], tuple[Group, str]] = {}
+        self._default_opts = CallOptions(
+            Priority.NORMAL, True, self.settings.queue_timeout, None, self.settings.breaker_wait
+        )
         self._stores: list[Any] = []
         self._breakers: dict[str, Breaker] = {}
         self._batcher = MicroBatcher(self.settings.batch_window, self._flush)
@@ -206,6 +210,8 @@ class AsyncClient:
         self, priority: Priority | str | int | None, wait: bool, queue_timeout: float | None,
         max_retries: int | None,
     ) -> CallOptions:
+        if priority is None and wait and queue_timeout is None and max_retries is None:
+            return self._default_opts  # the common case allocates nothing
         return CallOptions(
             Priority.parse(priority), wait,
             queue_timeout if queue_timeout is not None else self.settings.queue_timeout, max_retries,
@@ -213,12 +219,25 @@ class AsyncClient:
         )
 
     def _call(self, op: str, model: str, params: dict[str, Any], stream: bool = False) -> tuple[Group, Call]:
-        name, model_name = split_model(model)
-        g = self.group(name)
-        if not g.provider_cls.supports(op, stream):
-            what = f"streaming {op}" if stream else op
-            raise BadRequest(f"backend {g.backend!r} does not support {what}", backend=g.backend, model=model_name)
+        route = self._routes.get((model, op, stream))
+        if route is None:  # first use of this model string for this operation: check it once
+            name, model_name = split_model(model)
+            g = self.group(name)
+            if not g.provider_cls.supports(op, stream):
+                what = f"streaming {op}" if stream else op
+                raise BadRequest(f"backend {g.backend!r} does not support {what}", backend=g.backend,
+                                 model=model_name)
+            route = self._routes[(model, op, stream)] = (g, model_name)
+        g, model_name = route
         return g, Call(op, model_name, params, new_request_id(), stream)
+
+    def _prepare(
+        self, op: str, model: str, params: dict[str, Any], priority: Priority | str | int | None,
+        wait: bool, queue_timeout: float | None, max_retries: int | None,
+    ) -> tuple[Group, Call, CallOptions, int]:
+        g, call = self._call(op, model, params)
+        tokens = g.sched.pool.servers[0].provider.estimate_tokens(call) if g.sched.pool.uses_tpm else 1
+        return g, call, self._opts(priority, wait, queue_timeout, max_retries), tokens
 
     async def call(
         self, op: str, model: str, params: dict[str, Any], *,
@@ -226,9 +245,7 @@ class AsyncClient:
         queue_timeout: float | None = None, max_retries: int | None = None,
     ) -> Any:
         """Any operation a backend supports (``chat``, ``embed``, ``models``, ...)."""
-        g, call = self._call(op, model, params)
-        tokens = g.sched.pool.servers[0].provider.estimate_tokens(call) if g.sched.pool.uses_tpm else 1
-        opts = self._opts(priority, wait, queue_timeout, max_retries)
+        g, call, opts, tokens = self._prepare(op, model, params, priority, wait, queue_timeout, max_retries)
         return await self.executor.run(g.sched, call, g.backend, opts, tokens=tokens)
 
     async def run_attempt(
@@ -250,9 +267,8 @@ class AsyncClient:
         queue_timeout: float | None = None, max_retries: int | None = None, **params: Any,
     ) -> ChatResponse:
         params["messages"] = with_system(check_messages(messages), params.pop("system", None))
-        result: ChatResponse = await self.call(
-            "chat", model, params, priority=priority, wait=wait, queue_timeout=queue_timeout, max_retries=max_retries
-        )
+        g, call, opts, tokens = self._prepare("chat", model, params, priority, wait, queue_timeout, max_retries)
+        result: ChatResponse = await self.executor.run(g.sched, call, g.backend, opts, tokens=tokens)
         return result
 
     async def chat_stream(

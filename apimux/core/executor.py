@@ -20,7 +20,7 @@ from apimux.core.retry import RetrySettings, decide, is_upstream_failure
 from apimux.core.scheduler import GroupScheduler
 from apimux.core.stats import Series, Stats
 from apimux.errors import ApimuxError, StreamInterrupted, UpstreamError
-from apimux.transport import HttpResponse
+from apimux.transport import HttpRequest, HttpResponse
 from apimux.types import CallInfo, ChatChunk, Priority, Usage
 
 Attempt = Callable[[Lease], Awaitable[Any]]
@@ -63,23 +63,32 @@ class Executor:
         self.rand = rand
 
     # ---- the HTTP attempt --------------------------------------------------
-    async def http_attempt(self, lease: Lease, call: Any) -> Any:
-        server = lease.server
-        provider = server.provider
-        req = provider.request(call, lease.key.key)
+    # Split in two plain functions around the one await, so the hot path has
+    # no coroutine layer of its own between the caller and the transport.
+    def http_request(self, lease: Lease, call: Any) -> HttpRequest:
+        provider = lease.server.provider
+        req: HttpRequest = provider.request(call, lease.key.key)
         if self.send_request_id and provider.sends_request_id:
             req.headers["x-request-id"] = call.request_id
-        resp = await server.transport.send(req, server.extra["timeouts"])
-        resp.wall = self.clock.wall()
+        return req
+
+    def http_answer(self, lease: Lease, call: Any, resp: HttpResponse) -> Any:
+        provider = lease.server.provider
         hint = provider.rate_hint(resp.headers)
         if hint is not None:
             Pool.learn(lease, hint, self.clock.now())
         if resp.status >= 400 and not provider.is_answer(call, resp):
+            resp.wall = self.clock.wall()  # for an HTTP-date Retry-After
             raise provider.error(call, resp)
-        try:  # inline rather than a context manager: this is the hot path
+        try:
             return provider.response(call, resp)
         except _UNREADABLE as exc:
             raise unreadable(provider.name, exc) from exc
+
+    async def http_attempt(self, lease: Lease, call: Any) -> Any:
+        server = lease.server
+        resp = await server.transport.send(self.http_request(lease, call), server.extra["timeouts"])
+        return self.http_answer(lease, call, resp)
 
     # ---- unary calls -------------------------------------------------------
     async def run(
@@ -93,10 +102,18 @@ class Executor:
     ) -> Any:
         p = self._progress(call, backend)
         while True:
-            lease, series = await self._next_lease(p, sched, call, backend, opts, tokens)
+            lease = sched.lease_now(tokens, p.avoid)  # nobody queued and a slot free: no await
+            if lease is None:
+                lease = await self._acquire(sched, call, backend, opts, tokens, p.tries, p.avoid)
+            series = self._begin(lease, backend, call.model, p)
             sent = self.clock.now()
             try:
-                result = await (attempt(lease) if attempt else self.http_attempt(lease, call))
+                if attempt is None:
+                    server = lease.server
+                    resp = await server.transport.send(self.http_request(lease, call), server.extra["timeouts"])
+                    result = self.http_answer(lease, call, resp)
+                else:
+                    result = await attempt(lease)
             except ApimuxError as err:
                 if await self._after_failure(p, sched, lease, series, err, call, backend, opts):
                     continue
@@ -118,7 +135,10 @@ class Executor:
         failure is ``StreamInterrupted`` (the caller already holds partial text)."""
         p = self._progress(call, backend)
         while True:
-            lease, series = await self._next_lease(p, sched, call, backend, opts, tokens)
+            lease = sched.lease_now(tokens, p.avoid)
+            if lease is None:
+                lease = await self._acquire(sched, call, backend, opts, tokens, p.tries, p.avoid)
+            series = self._begin(lease, backend, call.model, p)
             sent = self.clock.now()
             delivered = False
             usage: Usage | None = None
@@ -152,16 +172,6 @@ class Executor:
     def _progress(self, call: Any, backend: str) -> _Progress:
         info = CallInfo(request_id=call.request_id, backend=backend, queued_at=self.clock.wall())
         return _Progress(info, self.clock.now())
-
-    async def _next_lease(
-        self, p: _Progress, sched: GroupScheduler, call: Any, backend: str, opts: CallOptions, tokens: int
-    ) -> tuple[Lease, Series]:
-        lease = await self._acquire(sched, call, backend, opts, tokens, p.tries, p.avoid)
-        series = self._begin(lease, backend, call.model, p.tries, p.info)
-        if p.tries == 0:
-            p.info.queue_wait = self.clock.now() - p.start
-            series.queue_wait.append(p.info.queue_wait)
-        return lease, series
 
     async def _after_failure(
         self, p: _Progress, sched: GroupScheduler, lease: Lease, series: Series, err: ApimuxError,
@@ -220,12 +230,16 @@ class Executor:
             self.stats.series(backend, "-", call.model).rejected[err.kind] += 1
             raise err.with_context(backend=backend, model=call.model, request_id=call.request_id) from None
 
-    def _begin(self, lease: Lease, backend: str, model: str, tries: int, info: CallInfo) -> Series:
+    def _begin(self, lease: Lease, backend: str, model: str, p: _Progress) -> Series:
         series = self.stats.series(backend, lease.key.label, model)
         series.requests += 1
-        if tries:
+        info = p.info
+        if p.tries:
             series.retries += 1
-        info.attempts = tries + 1
+        else:
+            info.queue_wait = self.clock.now() - p.start
+            series.queue_wait.append(info.queue_wait)
+        info.attempts = p.tries + 1
         info.endpoint = lease.key.label
         info.attempt_times.append(self.clock.wall())
         return series

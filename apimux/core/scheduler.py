@@ -96,6 +96,14 @@ class GroupScheduler:
                 return
 
     # ---- leases -------------------------------------------------------
+    def lease_now(self, tokens: int, avoid: Server | None = None) -> Lease | None:
+        """A lease at once when nobody is queued and a slot is free, else None
+        (then ``acquire`` decides: wait, or CircuitOpen)."""
+        if len(self.queue):
+            return None
+        got = self.pool.acquire(self.clock.now(), tokens, avoid)
+        return None if isinstance(got, Blocked) else got
+
     async def acquire(
         self,
         priority: Priority,

@@ -12,7 +12,7 @@ provider is adding two methods, and ``supports`` tells what a backend can do.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -61,6 +61,9 @@ class Provider:
         self.extra_headers: dict[str, str] = dict(endpoint.headers)
         self.protocol: str | None = endpoint.protocol
         self.options: dict[str, Any] = dict(endpoint.options)
+        # op -> bound builder/parser, looked up by name once (the hot path calls them per request)
+        self._builders: dict[str, Callable[[Call, str | None], HttpRequest]] = {}
+        self._parsers: dict[str, Callable[[Call, HttpResponse], Any]] = {}
 
     # ---- dispatch by operation name ------------------------------------
     @classmethod
@@ -72,16 +75,22 @@ class Provider:
         return sorted(n.removesuffix("_request") for n in dir(cls) if n.endswith("_request"))
 
     def request(self, call: Call, key: str | None) -> HttpRequest:
-        builder = getattr(self, f"{call.op}_request", None)
+        builder = self._builders.get(call.op)
         if builder is None:
-            raise BadRequest(f"backend {self.name!r} does not support {call.op!r}", backend=self.name)
+            builder = getattr(self, f"{call.op}_request", None)
+            if builder is None:
+                raise BadRequest(f"backend {self.name!r} does not support {call.op!r}", backend=self.name)
+            self._builders[call.op] = builder
         req: HttpRequest = builder(call, key)
         if self.extra_headers:
             req.headers.update(self.extra_headers)
         return req
 
     def response(self, call: Call, resp: HttpResponse) -> Any:
-        return getattr(self, f"{call.op}_response")(call, resp)
+        parser = self._parsers.get(call.op)
+        if parser is None:
+            parser = self._parsers[call.op] = getattr(self, f"{call.op}_response")
+        return parser(call, resp)
 
     def stream_parser(self, call: Call) -> StreamParser:
         parser = getattr(self, f"{call.op}_stream", None)
