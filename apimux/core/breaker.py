@@ -33,6 +33,8 @@ class Breaker:
 
     def available(self, now: float) -> bool:
         """Could a request be sent now? (Half-open admits one probe.)"""
+        if self.state is BreakerState.CLOSED:  # the hot path: nothing to work out
+            return True
         state = self.current(now)
         if state is BreakerState.CLOSED:
             return True
@@ -45,12 +47,14 @@ class Breaker:
 
     def on_send(self, now: float) -> bool:
         """Record a send; returns True when this send is the half-open probe."""
-        if self.current(now) is BreakerState.HALF_OPEN:
+        if self.state is not BreakerState.CLOSED and self.current(now) is BreakerState.HALF_OPEN:
             self.probing = True
             return True
         return False
 
     def on_success(self) -> None:
+        if self.state is BreakerState.CLOSED and not self.failures:
+            return  # nothing to reset (the common case)
         self.failures = 0
         self.state = BreakerState.CLOSED
         self.probing = False

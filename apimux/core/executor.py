@@ -61,6 +61,8 @@ class Executor:
         self.send_request_id = send_request_id
         self.cost = cost
         self.rand = rand
+        # Wall-clock stamps are derived from the monotonic clock (one call, not two).
+        self._wall_offset = clock.wall() - clock.now()
 
     # ---- the HTTP attempt --------------------------------------------------
     # Split in two plain functions around the one await, so the hot path has
@@ -105,8 +107,8 @@ class Executor:
             lease = sched.lease_now(tokens, p.avoid)  # nobody queued and a slot free: no await
             if lease is None:
                 lease = await self._acquire(sched, call, backend, opts, tokens, p.tries, p.avoid)
-            series = self._begin(lease, backend, call.model, p)
             sent = self.clock.now()
+            series = self._begin(lease, backend, call.model, p, sent)
             try:
                 if attempt is None:
                     server = lease.server
@@ -121,8 +123,8 @@ class Executor:
             except BaseException:
                 self._neutral(sched, lease)
                 raise
-            self._succeeded(sched, lease, series, getattr(result, "usage", None), sent, backend, call.model)
-            self._finish(p)
+            end = self._succeeded(sched, lease, series, getattr(result, "usage", None), sent, backend, call.model)
+            self._finish(p, end)
             if hasattr(result, "info"):
                 result.info = p.info
             return result
@@ -138,8 +140,8 @@ class Executor:
             lease = sched.lease_now(tokens, p.avoid)
             if lease is None:
                 lease = await self._acquire(sched, call, backend, opts, tokens, p.tries, p.avoid)
-            series = self._begin(lease, backend, call.model, p)
             sent = self.clock.now()
+            series = self._begin(lease, backend, call.model, p, sent)
             delivered = False
             usage: Usage | None = None
             try:
@@ -164,14 +166,13 @@ class Executor:
                 # The caller stopped reading or was cancelled: no verdict on the server.
                 self._neutral(sched, lease)
                 raise
-            self._succeeded(sched, lease, series, usage, sent, backend, call.model)
-            self._finish(p)
+            self._finish(p, self._succeeded(sched, lease, series, usage, sent, backend, call.model))
             return
 
     # ---- one call's progress through its attempts -----------------------------
     def _progress(self, call: Any, backend: str) -> _Progress:
-        info = CallInfo(request_id=call.request_id, backend=backend, queued_at=self.clock.wall())
-        return _Progress(info, self.clock.now())
+        now = self.clock.now()
+        return _Progress(CallInfo(call.request_id, backend, queued_at=now + self._wall_offset), now)
 
     async def _after_failure(
         self, p: _Progress, sched: GroupScheduler, lease: Lease, series: Series, err: ApimuxError,
@@ -188,9 +189,9 @@ class Executor:
             await self.clock.sleep(delay)
         return True
 
-    def _finish(self, p: _Progress) -> None:
-        p.info.latency = self.clock.now() - p.start
-        p.info.finished_at = self.clock.wall()
+    def _finish(self, p: _Progress, end: float) -> None:
+        p.info.latency = end - p.start
+        p.info.finished_at = end + self._wall_offset
 
     async def _stream_attempt(self, lease: Lease, call: Any) -> AsyncIterator[ChatChunk]:
         server = lease.server
@@ -230,18 +231,18 @@ class Executor:
             self.stats.series(backend, "-", call.model).rejected[err.kind] += 1
             raise err.with_context(backend=backend, model=call.model, request_id=call.request_id) from None
 
-    def _begin(self, lease: Lease, backend: str, model: str, p: _Progress) -> Series:
+    def _begin(self, lease: Lease, backend: str, model: str, p: _Progress, now: float) -> Series:
         series = self.stats.series(backend, lease.key.label, model)
         series.requests += 1
         info = p.info
         if p.tries:
             series.retries += 1
         else:
-            info.queue_wait = self.clock.now() - p.start
+            info.queue_wait = now - p.start
             series.queue_wait.append(info.queue_wait)
         info.attempts = p.tries + 1
         info.endpoint = lease.key.label
-        info.attempt_times.append(self.clock.wall())
+        info.attempt_times.append(now + self._wall_offset)
         return series
 
     def _failed(
@@ -271,11 +272,13 @@ class Executor:
     def _succeeded(
         self, sched: GroupScheduler, lease: Lease, series: Series, usage: Usage | None,
         sent: float, backend: str, model: str,
-    ) -> None:
+    ) -> float:
+        """Record a success; returns the time it was recorded."""
+        end = self.clock.now()
         lease.server.breaker.on_success()
         Pool.on_success(lease, usage.total_tokens if usage else None)
         series.successes += 1
-        series.latency.append(self.clock.now() - sent)
+        series.latency.append(end - sent)
         if usage is not None:
             series.prompt_tokens += usage.prompt_tokens
             series.completion_tokens += usage.completion_tokens
@@ -286,6 +289,7 @@ class Executor:
                 else:
                     series.cost += c
         sched.release(lease)
+        return end
 
     def _neutral(self, sched: GroupScheduler, lease: Lease) -> None:
         lease.server.breaker.on_neutral()

@@ -117,7 +117,10 @@ class Pool:
             any_breaker_ok = True
             if key.in_flight >= key.limit:
                 continue
-            ready = key.ready_at(now, tokens)
+            if key.cooldown_until <= now and key.rpm is None and key.tpm is None:
+                ready = now  # no budget and no cooldown: free to go (the common case)
+            else:
+                ready = key.ready_at(now, tokens)
             if ready > now:
                 soonest = ready if soonest is None else min(soonest, ready)
                 continue

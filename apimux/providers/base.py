@@ -170,7 +170,7 @@ def error_message(body: bytes) -> str:
 def load_json(resp: HttpResponse, backend: str) -> Any:
     """Parse a success body; a malformed one is an upstream fault (retried)."""
     try:
-        return json.loads(resp.body)
+        return json.loads(resp.body.decode())  # str: skips json's encoding detection
     except (ValueError, UnicodeDecodeError):
         raise UpstreamError(
             f"{backend} returned a body that is not JSON: {resp.body[:120]!r}", status=resp.status
