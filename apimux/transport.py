@@ -44,6 +44,8 @@ class Timeouts:
     total: float | None = 600.0
     connect: float | None = 10.0
     read: float | None = None
+    # The transport's own form of these, built once (one Timeouts lives per server).
+    native: Any = field(default=None, compare=False, repr=False)
 
 
 class StreamResponse(Protocol):
@@ -92,7 +94,6 @@ class AiohttpTransport:
     def __init__(self, connector_limit: int = 0) -> None:
         self._limit = connector_limit  # 0: no cap here; the scheduler enforces limits
         self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[tuple[float | None, float | None, float | None], aiohttp.ClientTimeout] = {}
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -101,14 +102,12 @@ class AiohttpTransport:
             self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
         return self._session
 
-    def _timeout(self, t: Timeouts) -> aiohttp.ClientTimeout:
-        key = (t.total, t.connect, t.read)
-        cached = self._timeouts.get(key)
-        if cached is None:
-            cached = self._timeouts[key] = aiohttp.ClientTimeout(
-                total=t.total, sock_connect=t.connect, sock_read=t.read
-            )
-        return cached
+    @staticmethod
+    def _timeout(t: Timeouts) -> aiohttp.ClientTimeout:
+        native = t.native
+        if native is None:
+            native = t.native = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.read)
+        return native
 
     def _kwargs(self, req: HttpRequest, timeouts: Timeouts) -> dict[str, Any]:
         kw: dict[str, Any] = {"headers": req.headers, "timeout": self._timeout(timeouts)}
