@@ -276,7 +276,9 @@ class Executor:
         """Record a success; returns the time it was recorded."""
         end = self.clock.now()
         lease.server.breaker.on_success()
-        Pool.on_success(lease, usage.total_tokens if usage else None)
+        key = lease.key
+        if key.tpm is not None or key.limit < key.max_concurrent:  # a budget to reconcile or a ramp
+            Pool.on_success(lease, usage.total_tokens if usage else None)
         series.successes += 1
         series.latency.append(end - sent)
         if usage is not None:

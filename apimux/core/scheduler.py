@@ -151,7 +151,8 @@ class GroupScheduler:
 
     def release(self, lease: Lease) -> None:
         self.pool.release(lease)
-        self._pump()
+        if len(self.queue):  # someone waits for this slot
+            self._pump()
 
     def _pump(self) -> None:
         """Hand out leases to queued tickets, best first, while the pool has them."""

@@ -80,3 +80,15 @@ def test_success_resets_consecutive_count() -> None:
     b.on_success()
     b.on_failure(0)
     assert b.current(0) is BreakerState.CLOSED
+
+
+def test_request_ids_are_unique_uuid4() -> None:
+    import uuid
+
+    from apimux.core.tracking import new_request_id
+
+    ids = [new_request_id() for _ in range(5000)]  # several refills of the batch
+    assert len(set(ids)) == len(ids)
+    for i in ids[:600]:
+        u = uuid.UUID(i)
+        assert str(u) == i and u.version == 4 and u.variant == uuid.RFC_4122
