@@ -17,6 +17,9 @@ import aiohttp
 
 from apimux.errors import ApimuxError, ConnectionFailed, Timeout
 
+# One compact encoder, built once: json.dumps(separators=...) builds a new one per call.
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+
 
 @dataclass(slots=True)
 class HttpRequest:
@@ -112,7 +115,7 @@ class AiohttpTransport:
     def _kwargs(self, req: HttpRequest, timeouts: Timeouts) -> dict[str, Any]:
         kw: dict[str, Any] = {"headers": req.headers, "timeout": self._timeout(timeouts)}
         if req.json is not None:
-            kw["data"] = json.dumps(req.json, separators=(",", ":")).encode()
+            kw["data"] = _ENCODE(req.json).encode()
             # Providers write header names in canonical case, so a plain lookup suffices.
             req.headers.setdefault("Content-Type", "application/json")
         elif req.data is not None:
