@@ -549,7 +549,10 @@ class Client:
         return self._run(self.aio.chat(model, messages, **kwargs))
 
     def chat_stream(self, model: str, messages: list[Message], **kwargs: Any) -> Iterator[ChatChunk]:
-        agen = self.aio.chat_stream(model, messages, **kwargs)
+        return self._iterate(self.aio.chat_stream(model, messages, **kwargs))
+
+    def _iterate(self, agen: AsyncIterator[ChatChunk]) -> Iterator[ChatChunk]:
+        """Drive an async stream from this thread, one chunk per hop to the loop."""
         assert isinstance(agen, AsyncGenerator)
         try:
             while True:
@@ -563,6 +566,12 @@ class Client:
 
     def embed(self, model: str, inputs: str | list[str], **kwargs: Any) -> EmbedResponse:
         return self._run(self.aio.embed(model, inputs, **kwargs))
+
+    def generate(self, model: str, prompt: str, **kwargs: Any) -> ChatResponse:
+        return self._run(self.aio.generate(model, prompt, **kwargs))
+
+    def generate_stream(self, model: str, prompt: str, **kwargs: Any) -> Iterator[ChatChunk]:
+        return self._iterate(self.aio.generate_stream(model, prompt, **kwargs))
 
     def call(self, op: str, model: str, params: dict[str, Any], **kwargs: Any) -> Any:
         return self._run(self.aio.call(op, model, params, **kwargs))

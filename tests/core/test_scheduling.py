@@ -421,3 +421,14 @@ async def test_breaker_wait_lets_calls_wait_out_an_outage(sim: OpenAISim) -> Non
         clock.advance(10)
         with pytest.raises(CircuitOpen):
             await late
+
+
+def test_sync_client_generate_and_streams() -> None:
+    from apimux.testing import OllamaSim
+
+    with OllamaSim() as s, Client([Endpoint("ollama", base_url=s.url)]) as c:
+        assert c.generate("ollama/test-model", "one two").text == "echo: one two"
+        streamed = "".join(ch.text for ch in c.generate_stream("ollama/test-model", "three four"))
+        assert streamed == "echo: three four"
+        chat = "".join(ch.text for ch in c.chat_stream("ollama/test-model", msg("five")))
+        assert chat == "echo: five"
