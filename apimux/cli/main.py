@@ -40,7 +40,7 @@ in the config changes this) instead of failing every remaining line at once.
 
 Exit codes: 0 all succeeded, 1 some failed (or --strict stopped the run, or the
 results file could not be written, e.g. disk full: run again to finish),
-2 usage or configuration error (nothing written), 130 interrupted.
+2 usage or configuration error (nothing written), 130 interrupted (143 on SIGTERM).
 The summary is also written to OUTPUT.summary.json (see `apimux stats`).
 """
 

@@ -128,9 +128,11 @@ class Runner:
         self._unsent_watch: asyncio.Task[None] | None = None
         self.window = _window(setup)
         self._groups = group_names(setup.endpoints)
+        self.exit_code = EXIT_INTERRUPTED
 
     # ---- signals --------------------------------------------------------------
-    def _on_signal(self) -> None:
+    def _on_signal(self, signum: int = signal.SIGINT) -> None:
+        self.exit_code = 128 + signum  # 130 for Ctrl-C, 143 for SIGTERM (the shell's convention)
         self.gate.close()  # from now on nothing new is sent
         if not self.interrupted:
             self.stopping = self.interrupted = True
@@ -176,7 +178,7 @@ class Runner:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self._on_signal)
+                loop.add_signal_handler(sig, self._on_signal, sig)
         progress = RunProgress(total, opts.progress)
         sem = asyncio.Semaphore(self.window)
         seen: set[int] = set()
@@ -390,7 +392,7 @@ class Runner:
         if ok and unknown == ok:
             cost = None
         if self.aborted or self.interrupted:
-            code = EXIT_INTERRUPTED
+            code = self.exit_code
         elif failed or self.previously_failed or self.strict_hit or self.write_error:
             code = EXIT_FAILED
         else:

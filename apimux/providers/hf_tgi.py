@@ -18,6 +18,7 @@ from typing import Any
 from apimux.core.retry import parse_retry_after
 from apimux.errors import ApimuxError, BadRequest, Overloaded, StreamInterrupted, UpstreamError, error_for_status
 from apimux.providers.base import Call, Provider, error_message, load_json, safe_json
+from apimux.providers.messages import developer_as_system
 from apimux.providers.openai import OpenAIProvider, OpenAIStreamParser
 from apimux.providers.registry import register
 from apimux.providers.streams import SSEDecoder, parse_keeping_text
@@ -156,6 +157,11 @@ class TGIProvider(Provider):
 
     # ---- chat: the OpenAI provider's code on /v1 ---------------------------
     def chat_request(self, call: Call, key: str | None) -> HttpRequest:
+        # TGI renders messages through the model's chat template, which knows
+        # system/user/assistant/tool; OpenAI's "developer" role goes as system.
+        messages = developer_as_system(call.params["messages"])
+        if messages is not call.params["messages"]:
+            call = Call(call.op, call.model, {**call.params, "messages": messages}, call.request_id, call.stream)
         return self.openai.chat_request(call, key)
 
     def chat_response(self, call: Call, resp: HttpResponse) -> ChatResponse:

@@ -59,3 +59,11 @@ def tool_arguments(arguments: Any) -> Any:
         return json.loads(arguments)
     except ValueError:
         raise BadRequest(f"tool call arguments are not JSON: {str(arguments)[:120]!r}") from None
+
+
+def developer_as_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The same messages with OpenAI's "developer" role renamed "system", for
+    services whose chat templates know only system/user/assistant/tool."""
+    if not any(m.get("role") == "developer" for m in messages):
+        return messages
+    return [{**m, "role": "system"} if m.get("role") == "developer" else m for m in messages]

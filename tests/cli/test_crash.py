@@ -127,6 +127,21 @@ def test_sigint_drains_in_flight_and_exits_130(setup: tuple[Path, Path, OpenAISi
     check_complete(out)
 
 
+def test_sigterm_drains_like_ctrl_c_and_exits_143(setup: tuple[Path, Path, OpenAISim]) -> None:
+    workdir, cfg, _ = setup
+    out = workdir / "out.jsonl"
+    proc = start(workdir, cfg)
+    wait_for(out, 10, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err.decode()  # 128 + SIGTERM, as a shell reports it
+    assert b"stopping" in err
+    proc = start(workdir, cfg)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err.decode()
+    check_complete(out)
+
+
 def test_second_sigint_aborts_at_once(setup: tuple[Path, Path, OpenAISim]) -> None:
     workdir, cfg, sim = setup
     sim.faults.latency = 2.0  # in-flight requests would take a long time to drain

@@ -237,3 +237,15 @@ def test_stream_parser_final_event() -> None:
     cut.feed(ev1.encode())
     with pytest.raises(StreamInterrupted):
         cut.close()
+
+
+def test_developer_role_is_sent_as_system() -> None:
+    from apimux import Endpoint
+    from apimux.providers.base import Call
+    from apimux.providers.hf_tgi import TGIProvider
+
+    msgs = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    provider = TGIProvider(Endpoint("hf_tgi", base_url="http://tgi"))
+    req = provider.request(Call("chat", "m", {"messages": msgs}, "r"), None)
+    assert [m["role"] for m in req.json["messages"]] == ["system", "user"]
+    assert msgs[0]["role"] == "developer"  # the caller's list is not changed
