@@ -234,9 +234,9 @@ class AsyncClient:
 
     def _prepare(
         self, op: str, model: str, params: dict[str, Any], priority: Priority | str | int | None,
-        wait: bool, queue_timeout: float | None, max_retries: int | None,
+        wait: bool, queue_timeout: float | None, max_retries: int | None, stream: bool = False,
     ) -> tuple[Group, Call, CallOptions, int]:
-        g, call = self._call(op, model, params)
+        g, call = self._call(op, model, params, stream)
         tokens = g.sched.pool.servers[0].provider.estimate_tokens(call) if g.sched.pool.uses_tpm else 1
         return g, call, self._opts(priority, wait, queue_timeout, max_retries), tokens
 
@@ -307,9 +307,7 @@ class AsyncClient:
         queue_timeout: float | None = None, max_retries: int | None = None,
     ) -> AsyncIterator[ChatChunk]:
         """Any streaming operation a backend supports."""
-        g, call = self._call(op, model, params, stream=True)
-        tokens = g.sched.pool.servers[0].provider.estimate_tokens(call) if g.sched.pool.uses_tpm else 1
-        opts = self._opts(priority, wait, queue_timeout, max_retries)
+        g, call, opts, tokens = self._prepare(op, model, params, priority, wait, queue_timeout, max_retries, True)
         async for chunk in self.executor.stream(g.sched, call, g.backend, opts, tokens=tokens):
             yield chunk
 

@@ -8,6 +8,7 @@ retry policy decides what happens next.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -86,11 +87,6 @@ class Executor:
             return provider.response(call, resp)
         except _UNREADABLE as exc:
             raise unreadable(provider.name, exc) from exc
-
-    async def http_attempt(self, lease: Lease, call: Any) -> Any:
-        server = lease.server
-        resp = await server.transport.send(self.http_request(lease, call), server.extra["timeouts"])
-        return self.http_answer(lease, call, resp)
 
     # ---- unary calls -------------------------------------------------------
     async def run(
@@ -196,10 +192,7 @@ class Executor:
     async def _stream_attempt(self, lease: Lease, call: Any) -> AsyncIterator[ChatChunk]:
         server = lease.server
         provider = server.provider
-        req = provider.request(call, lease.key.key)
-        if self.send_request_id and provider.sends_request_id:
-            req.headers["x-request-id"] = call.request_id
-        async with server.transport.stream(req, server.extra["timeouts"]) as resp:
+        async with server.transport.stream(self.http_request(lease, call), server.extra["timeouts"]) as resp:
             hint = provider.rate_hint(resp.headers)
             if hint is not None:
                 Pool.learn(lease, hint, self.clock.now())
@@ -261,7 +254,7 @@ class Executor:
             breaker.on_neutral()
         retry = self.retry
         if opts.max_retries is not None:
-            retry = RetrySettings(**{**_fields(retry), "max_retries": opts.max_retries})
+            retry = dataclasses.replace(retry, max_retries=opts.max_retries)
         decision = decide(err, tries, retry, self.rand())
         if decision.key_cooldown is not None:
             lease.key.cool_down(now + decision.key_cooldown)
@@ -316,6 +309,3 @@ def unreadable_is_upstream(backend: str) -> Iterator[None]:
     except _UNREADABLE as exc:
         raise unreadable(backend, exc) from exc
 
-
-def _fields(s: RetrySettings) -> dict[str, Any]:
-    return {f: getattr(s, f) for f in s.__slots__}
